@@ -1,0 +1,65 @@
+"""The `medtune` console command: one entry point, one module per group of subcommands.
+
+Each module listed in `COMMAND_MODULES` defines `register(subparsers)`, which adds its
+subcommands with `set_defaults(func=...)`. Conventions (see docs/cli.md): results on stdout,
+logs and progress on stderr; exit 0 on success, 2 on bad input (one line naming the file or
+value), 1 on anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from medtune import __version__
+from medtune.errors import MedtuneInputError
+
+COMMAND_MODULES = [
+    "medtune.cli.params",
+    "medtune.cli.data_cmds",
+    "medtune.cli.run_cmds",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medtune",
+        description="Parameter-efficient tuning of 2D backbones for 3D medical segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"medtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that group of subcommands is not part of this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    if getattr(args, "accepts_overrides", False):
+        args.overrides = extra
+    try:
+        code = args.func(args)
+    except MedtuneInputError as exc:
+        print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())
