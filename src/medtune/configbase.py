@@ -93,7 +93,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise MedtuneInputError(f"config file {path}: expected a mapping at top level, found {type(data).__name__}")
+        raise MedtuneInputError(
+            f"config file {path}: expected a mapping at top level, found {type(data).__name__}"
+        )
     return data
 
 

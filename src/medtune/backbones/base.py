@@ -1,0 +1,175 @@
+"""The backbone contract: a frozen 2D timm model run over the slices of a volume.
+
+A `SliceBackbone` wraps one timm model and runs it over `(N, C, H, W)` slices, where
+`N = B * D`. It declares
+
+- `insertion_points`: one per block after which a tuning method may insert a module, with the
+  block's channels, stride, stage and whether it ends a stage;
+- `feature_info`: the channels and strides of the multi-scale features handed to the decoder;
+- which of its parameters are frozen by parameter-efficient methods and which encoder-side
+  parameters the paper tunes anyway (`tuned_extra_names`).
+
+Methods insert modules in two places that every family calls in its forward pass:
+`post_block[str(i)]` (called after block `i` on a channels-last grid `(N, h, w, C)`) and
+`pre_block[str(i)]` (called before block `i` on the family's native token layout; used by
+prompt methods). Both receive the `SliceContext` of the current forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtune.errors import MedtuneInputError
+
+
+@dataclass(frozen=True)
+class InsertionPoint:
+    """Where a method may insert a module: after block `index` of the backbone."""
+
+    index: int
+    """Position of the block in forward order (0-based)."""
+    channels: int
+    """Channels of the block's output."""
+    stride: int
+    """Spatial stride of the block's output relative to the slice."""
+    stage: int
+    """Stage (resolution level or block group) the block belongs to."""
+    stage_end: bool
+    """True for the last block of its stage."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One multi-scale feature map handed to the decoder: `(N, channels, H/stride, W/stride)`."""
+
+    channels: int
+    stride: int
+
+
+@dataclass
+class SliceContext:
+    """What a method needs to know about the current forward pass."""
+
+    batch: int
+    """B, the number of volumes."""
+    depth: int
+    """D, slices per volume (N = B * D)."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Scratch space shared by the inserted modules during one forward pass."""
+
+
+class SliceBackbone(nn.Module):
+    """Base class of the backbone families; subclasses implement `forward_features`.
+
+    Attributes set by subclasses: `family`, `timm_name`, `model` (the timm module),
+    `in_chans`, `img_size`, `insertion_points`, `feature_info`, `stage_channels`.
+    """
+
+    family: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre_block = nn.ModuleDict()
+        self.post_block = nn.ModuleDict()
+        self.insertion_points: list[InsertionPoint] = []
+        self.feature_info: list[FeatureInfo] = []
+
+    # --- method hooks -------------------------------------------------------------------
+    def run_pre(self, i: int, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Apply the module inserted before block `i`, if any (native layout)."""
+        mod = self.pre_block[str(i)] if str(i) in self.pre_block else None
+        return x if mod is None else mod(x, ctx)
+
+    def run_post(self, i: int, grid: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Apply the module inserted after block `i`, if any, on `(N, h, w, C)`."""
+        mod = self.post_block[str(i)] if str(i) in self.post_block else None
+        return grid if mod is None else mod(grid, ctx)
+
+    # --- contract -----------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
+        """Slices `(N, C, H, W)` -> feature maps `[(N, C_i, H/s_i, W/s_i)]` per `feature_info`."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, ctx: SliceContext | None = None) -> list[torch.Tensor]:
+        self.check_input(x)
+        if ctx is None:
+            ctx = SliceContext(batch=x.shape[0], depth=1)
+        return self.forward_features(x, ctx)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a one-line error when slices do not fit the backbone."""
+        if x.ndim != 4:
+            raise MedtuneInputError(
+                f"backbone input: expected slices (N, C, H, W), found shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: expected {self.in_chans} input channels, found {x.shape[1]}"
+            )
+        self.check_slice_size(tuple(x.shape[-2:]))
+
+    def check_slice_size(self, hw: tuple[int, int]) -> None:
+        """Raise when a slice size `(H, W)` cannot run through this backbone."""
+        div = self.size_divisor
+        if hw[0] % div or hw[1] % div:
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: slice size {hw[0]}x{hw[1]} is not divisible by {div} "
+                f"(patch size x downsampling); use a crop size that is a multiple of {div}"
+            )
+
+    @property
+    def size_divisor(self) -> int:
+        """Slice sizes must be multiples of this."""
+        return max(f.stride for f in self.feature_info)
+
+    def frozen_prefixes(self) -> list[str]:
+        """Parameter-name prefixes (relative to `model`) that PEFT methods keep frozen."""
+        raise NotImplementedError
+
+    def tuned_extra_names(self) -> list[str]:
+        """Names (relative to this module) of encoder parameters the paper tunes with the head."""
+        return []
+
+    def input_conv_name(self) -> str:
+        """State-dict prefix of the first convolution (adapted to the input channels)."""
+        raise NotImplementedError
+
+    def stage_hidden_info(self) -> dict[str, int]:
+        """Extra per-family facts methods may need (e.g. the zero-state ratio of stage 0)."""
+        return {}
+
+
+def stage_of_points(points: list[InsertionPoint]) -> dict[int, list[InsertionPoint]]:
+    """Group insertion points by stage, in order."""
+    out: dict[int, list[InsertionPoint]] = {}
+    for p in points:
+        out.setdefault(p.stage, []).append(p)
+    return out
+
+
+def fold_slices(x: torch.Tensor) -> torch.Tensor:
+    """Volume `(B, C, D, H, W)` -> slices `(B*D, C, H, W)` (slice-major within each volume)."""
+    b, c, d, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+
+
+def unfold_slices(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Slices `(B*D, K, H, W)` -> volume `(B, K, D, H, W)`."""
+    n, k, h, w = x.shape
+    return x.reshape(batch, n // batch, k, h, w).permute(0, 2, 1, 3, 4)
+
+
+def grid_to_volume(grid: torch.Tensor, batch: int) -> torch.Tensor:
+    """Channels-last slice grid `(B*D, h, w, C)` -> volume `(B, C, D, h, w)`."""
+    n, h, w, c = grid.shape
+    return grid.reshape(batch, n // batch, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+def volume_to_grid(vol: torch.Tensor) -> torch.Tensor:
+    """Volume `(B, C, D, h, w)` -> channels-last slice grid `(B*D, h, w, C)`."""
+    b, c, d, h, w = vol.shape
+    return vol.permute(0, 2, 3, 4, 1).reshape(b * d, h, w, c)
