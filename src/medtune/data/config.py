@@ -47,13 +47,19 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.crop_size = tuple(int(v) for v in self.crop_size)  # type: ignore[assignment]
         if len(self.crop_size) != 3 or min(self.crop_size) < 1:
-            raise MedtuneInputError(f"data.crop_size: expected 3 positive ints (D, H, W), found {self.crop_size}")
+            raise MedtuneInputError(
+                f"data.crop_size: expected 3 positive ints (D, H, W), found {self.crop_size}"
+            )
         if self.spacing is not None:
             self.spacing = tuple(float(v) for v in self.spacing)  # type: ignore[assignment]
             if len(self.spacing) != 3 or min(self.spacing) <= 0:
-                raise MedtuneInputError(f"data.spacing: expected 3 positive numbers, found {self.spacing}")
+                raise MedtuneInputError(
+                    f"data.spacing: expected 3 positive numbers, found {self.spacing}"
+                )
         if not 0 <= self.fold < self.num_folds:
-            raise MedtuneInputError(f"data.fold: expected 0..{self.num_folds - 1}, found {self.fold}")
+            raise MedtuneInputError(
+                f"data.fold: expected 0..{self.num_folds - 1}, found {self.fold}"
+            )
         for name in ("foreground_prob", "flip_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

@@ -1,0 +1,444 @@
+"""Read a dataset in place: nnU-Net v2 raw layout or the Medical Segmentation Decathlon layout.
+
+nnU-Net v2 raw: `imagesTr/CASE_0000.nii.gz` (one file per channel), `labelsTr/CASE.nii.gz`,
+`imagesTs/`, and `dataset.json` with `channel_names`, `labels` (name -> value), `numTraining`,
+`file_ending`. MSD: `dataset.json` with `modality`, `labels` (value -> name) and a `training`
+list of `{"image": 4D file, "label": file}`.
+
+medtune reads an optional `"medtune"` key of dataset.json (nnU-Net ignores it): `regions`
+(name -> list of label values, evaluated as a union), `source_labels` (label -> value in the
+source's convention), `et_label` and `netc_label` (brain tumour post-processing), `edition`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtune.data.io import NIFTI_ENDINGS, is_hidden, nifti_ending, strip_nifti
+from medtune.errors import MedtuneInputError
+
+NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a dataset, printed as `CASE FILE: expected ..., found ...`."""
+
+    case: str
+    file: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.case} {self.file}: expected {self.expected}, found {self.found}"
+
+
+@dataclass
+class CaseFiles:
+    """Files of one case: one image per channel, or one 4D image (MSD) with `is_4d`."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None = None
+    is_4d: bool = False
+
+
+@dataclass
+class DatasetInfo:
+    """Everything medtune needs to know about a dataset, read from its folder in place."""
+
+    root: Path
+    name: str
+    layout: str
+    channel_names: list[str]
+    labels: dict[str, int]
+    regions: dict[str, list[int]]
+    modality: str
+    file_ending: str
+    cases: list[CaseFiles] = field(default_factory=list)
+    test_cases: list[CaseFiles] = field(default_factory=list)
+    medtune: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def et_label(self) -> int | None:
+        """Enhancing-tumour label (brain tumour datasets), else None."""
+        return self.medtune.get("et_label")
+
+    @property
+    def netc_label(self) -> int | None:
+        """Necrotic / non-enhancing core label that small ET predictions are relabelled to."""
+        return self.medtune.get("netc_label")
+
+    @property
+    def source_labels(self) -> dict[int, int]:
+        """Label -> value in the source dataset's convention (identity when not converted)."""
+        src = self.medtune.get("source_labels") or {}
+        out = {v: v for v in self.labels.values()}
+        out.update({int(k): int(v) for k, v in src.items()})
+        return out
+
+    def case(self, case_id: str) -> CaseFiles:
+        for c in self.cases:
+            if c.case_id == case_id:
+                return c
+        raise MedtuneInputError(f"{self.root}: expected a training case '{case_id}', found none")
+
+
+def modality_from_channels(channel_names: list[str]) -> str:
+    """'ct' when the single channel is named CT (any case), else 'mri'."""
+    if len(channel_names) == 1 and channel_names[0].strip().lower() == "ct":
+        return "ct"
+    return "mri"
+
+
+def default_regions(labels: dict[str, int]) -> dict[str, list[int]]:
+    """One region per foreground label."""
+    return {name: [v] for name, v in labels.items() if v != 0}
+
+
+def read_dataset_json(root: Path, problems: list[Problem]) -> dict | None:
+    path = root / "dataset.json"
+    if not path.is_file():
+        problems.append(Problem("(dataset)", "dataset.json", "a dataset.json file", "none"))
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(Problem("(dataset)", "dataset.json", "valid JSON", f"{exc}"))
+        return None
+    if not isinstance(data, dict):
+        problems.append(Problem("(dataset)", "dataset.json", "a JSON object", type(data).__name__))
+        return None
+    return data
+
+
+def _parse_labels(raw: Any, msd: bool, problems: list[Problem]):
+    """labels name->value and the regions implied by region-based (list-valued) entries."""
+    labels: dict[str, int] = {}
+    regions: dict[str, list[int]] = {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(
+            Problem("(dataset)", "dataset.json", "'labels' as a non-empty mapping", repr(raw))
+        )
+        return labels, regions
+    try:
+        if msd:  # MSD: value -> name
+            labels = {str(name): int(v) for v, name in raw.items()}
+        else:
+            for name, v in raw.items():
+                if isinstance(v, list | tuple):  # nnU-Net region-based labels
+                    regions[str(name)] = sorted(int(x) for x in v)
+                else:
+                    labels[str(name)] = int(v)
+                    if int(v) != 0:
+                        regions[str(name)] = [int(v)]
+    except (TypeError, ValueError):
+        problems.append(Problem("(dataset)", "dataset.json", "integer label values", repr(raw)))
+        return {}, {}
+    if regions and any(isinstance(v, list | tuple) for v in raw.values()):
+        known = set(labels.values())
+        for vals in regions.values():
+            for v in vals:
+                if v not in known:
+                    labels[f"label_{v}"] = v
+                    known.add(v)
+    else:
+        regions = {}
+    if 0 not in labels.values():
+        labels = {"background": 0, **labels}
+    return labels, regions
+
+
+def _channel_names(data: dict, key: str, problems: list[Problem]) -> list[str]:
+    raw = data.get(key)
+    if not isinstance(raw, dict) or not raw:
+        problems.append(
+            Problem("(dataset)", "dataset.json", f"'{key}' as a non-empty mapping", repr(raw))
+        )
+        return []
+    try:
+        items = sorted(((int(k), str(v)) for k, v in raw.items()))
+    except ValueError:
+        problems.append(
+            Problem("(dataset)", "dataset.json", f"'{key}' keys 0, 1, ...", repr(list(raw)))
+        )
+        return []
+    if [k for k, _ in items] != list(range(len(items))):
+        problems.append(
+            Problem(
+                "(dataset)", "dataset.json", f"'{key}' keys 0..{len(items) - 1}", repr(list(raw))
+            )
+        )
+    return [v for _, v in items]
+
+
+def _files_by_id(folder: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = defaultdict(list)
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if not is_hidden(p) and nifti_ending(p):
+                out[strip_nifti(p)].append(p)
+    return out
+
+
+def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[Problem]):
+    """Training and test cases of an nnU-Net raw folder, reporting layout problems."""
+
+    def images(folder: Path, kind: str) -> dict[str, dict[int, Path]]:
+        out: dict[str, dict[int, Path]] = defaultdict(dict)
+        for stem, paths in _files_by_id(folder).items():
+            rel = f"{folder.name}/{stem}"
+            if len(paths) > 1:
+                problems.append(
+                    Problem(
+                        stem.rsplit("_", 1)[0],
+                        rel + ".*",
+                        "one file per channel (duplicate case id)",
+                        ", ".join(p.name for p in paths),
+                    )
+                )
+            m = _CHANNEL_RE.match(stem)
+            if not m:
+                problems.append(
+                    Problem(
+                        stem,
+                        f"{folder.name}/{paths[0].name}",
+                        "a name CASE_XXXX" + ending + f" in {kind}",
+                        paths[0].name,
+                    )
+                )
+                continue
+            out[m["case"]][int(m["ch"])] = paths[0]
+        return out
+
+    def cases_from(
+        img: dict[str, dict[int, Path]], labels: dict[str, list[Path]] | None, folder: str
+    ):
+        cases = []
+        for case_id in sorted(set(img) | set(labels or {})):
+            chans = img.get(case_id, {})
+            paths = []
+            for ch in range(n_ch):
+                p = chans.get(ch)
+                if p is None:
+                    want = f"{folder}/{case_id}_{ch:04d}{ending}"
+                    found = "no images at all" if not chans else "none"
+                    problems.append(Problem(case_id, want, f"a file for channel {ch}", found))
+                paths.append(p if p is not None else root / f"{folder}/{case_id}_{ch:04d}{ending}")
+            for ch in sorted(chans):
+                if ch >= n_ch:
+                    problems.append(
+                        Problem(
+                            case_id,
+                            f"{folder}/{chans[ch].name}",
+                            f"channels 0000..{n_ch - 1:04d} (dataset.json lists {n_ch})",
+                            f"channel {ch:04d}",
+                        )
+                    )
+            for p in chans.values():
+                if nifti_ending(p) != ending:
+                    problems.append(
+                        Problem(
+                            case_id, f"{folder}/{p.name}", f"file_ending {ending}", nifti_ending(p)
+                        )
+                    )
+            label = None
+            if labels is not None:
+                lab = labels.get(case_id)
+                if not lab:
+                    problems.append(
+                        Problem(case_id, f"labelsTr/{case_id}{ending}", "a label file", "none")
+                    )
+                else:
+                    label = lab[0]
+                    if len(lab) > 1:
+                        problems.append(
+                            Problem(
+                                case_id,
+                                f"labelsTr/{case_id}.*",
+                                "one label file (duplicate case id)",
+                                ", ".join(p.name for p in lab),
+                            )
+                        )
+                    elif nifti_ending(label) != ending:
+                        problems.append(
+                            Problem(
+                                case_id,
+                                f"labelsTr/{label.name}",
+                                f"file_ending {ending}",
+                                nifti_ending(label),
+                            )
+                        )
+            cases.append(CaseFiles(case_id, paths, label))
+        return cases
+
+    tr = cases_from(
+        images(root / "imagesTr", "imagesTr"), _files_by_id(root / "labelsTr"), "imagesTr"
+    )
+    ts = cases_from(images(root / "imagesTs", "imagesTs"), None, "imagesTs")
+    num = data.get("numTraining")
+    if isinstance(num, int) and tr and num != len(tr):
+        problems.append(
+            Problem(
+                "(dataset)",
+                "dataset.json",
+                f"numTraining equal to the {len(tr)} training cases found",
+                str(num),
+            )
+        )
+    return tr, ts
+
+
+def _scan_msd(root: Path, data: dict, n_ch: int, problems: list[Problem]):
+    def resolve(p: str) -> Path:
+        return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
+
+    tr, seen = [], set()
+    entries = data.get("training")
+    if not isinstance(entries, list):
+        problems.append(
+            Problem("(dataset)", "dataset.json", "'training' as a list", repr(entries)[:60])
+        )
+        entries = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "image" not in e or "label" not in e:
+            problems.append(
+                Problem(
+                    "(dataset)",
+                    "dataset.json",
+                    f"training[{i}] with 'image' and 'label'",
+                    repr(e)[:60],
+                )
+            )
+            continue
+        img, lab = resolve(e["image"]), resolve(e["label"])
+        case_id = strip_nifti(img)
+        if case_id in seen:
+            problems.append(
+                Problem(
+                    case_id, str(e["image"]), "unique case ids", "a duplicate entry in 'training'"
+                )
+            )
+            continue
+        seen.add(case_id)
+        for p, what in ((img, "image"), (lab, "label")):
+            if not p.exists():
+                problems.append(
+                    Problem(
+                        case_id, str(e[what]), f"the {what} file listed in dataset.json", "none"
+                    )
+                )
+        tr.append(CaseFiles(case_id, [img], lab, is_4d=n_ch > 1))
+    ts = []
+    for p in data.get("test", []) or []:
+        path = resolve(p if isinstance(p, str) else p.get("image", ""))
+        ts.append(CaseFiles(strip_nifti(path), [path], None, is_4d=n_ch > 1))
+    return tr, ts
+
+
+def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
+    """Read a dataset folder without opening images; returns (info or None, layout problems)."""
+    root = Path(root)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        return None, [Problem("(dataset)", str(root), "a dataset folder", "no such folder")]
+    data = read_dataset_json(root, problems)
+    if data is None:
+        return None, problems
+    msd = (
+        isinstance(data.get("training"), list)
+        and "modality" in data
+        and "channel_names" not in data
+    )
+    if msd:
+        channels = _channel_names(data, "modality", problems)
+        ending = ".nii.gz"
+    else:
+        missing = [k for k in NNUNET_REQUIRED if k not in data]
+        for k in missing:
+            problems.append(Problem("(dataset)", "dataset.json", f"required field '{k}'", "none"))
+        if "channel_names" in missing or "labels" in missing:
+            return None, problems
+        channels = _channel_names(data, "channel_names", problems)
+        ending = data.get("file_ending", ".nii.gz")
+        if ending not in NIFTI_ENDINGS:
+            problems.append(
+                Problem(
+                    "(dataset)", "dataset.json", "file_ending '.nii.gz' or '.nii'", repr(ending)
+                )
+            )
+            ending = ".nii.gz"
+    labels, label_regions = _parse_labels(data.get("labels"), msd, problems)
+    if not channels or not labels:
+        return None, problems
+    extra = data.get("medtune") or {}
+    if not isinstance(extra, dict):
+        problems.append(
+            Problem("(dataset)", "dataset.json", "'medtune' as a mapping", repr(extra)[:60])
+        )
+        extra = {}
+    regions = {str(k): [int(x) for x in v] for k, v in (extra.get("regions") or {}).items()}
+    regions = regions or label_regions or default_regions(labels)
+    known = set(labels.values())
+    for name, vals in regions.items():
+        bad = [v for v in vals if v not in known]
+        if bad:
+            problems.append(
+                Problem(
+                    "(dataset)",
+                    "dataset.json",
+                    f"region '{name}' made of declared labels {sorted(known)}",
+                    f"{bad}",
+                )
+            )
+    if msd:
+        tr, ts = _scan_msd(root, data, len(channels), problems)
+    else:
+        tr, ts = _scan_nnunet(root, data, len(channels), ending, problems)
+    if not tr:
+        problems.append(
+            Problem(
+                "(dataset)",
+                "imagesTr/" if not msd else "dataset.json",
+                "at least one training case",
+                "none",
+            )
+        )
+    info = DatasetInfo(
+        root=root,
+        name=str(data.get("name") or root.name),
+        layout="msd" if msd else "nnunet",
+        channel_names=channels,
+        labels=labels,
+        regions=regions,
+        modality=modality_from_channels(channels),
+        file_ending=ending,
+        cases=tr,
+        test_cases=ts,
+        medtune=dict(extra, regions=regions),
+    )
+    return info, problems
+
+
+def load_dataset(root: str | Path) -> DatasetInfo:
+    """Read an nnU-Net v2 raw or MSD dataset in place; layout problems raise MedtuneInputError."""
+    info, problems = scan_dataset(root)
+    if problems:
+        more = (
+            f" (+{len(problems) - 1} more; run `medtune check-data {root}`)"
+            if len(problems) > 1
+            else ""
+        )
+        raise MedtuneInputError(f"{root}: {problems[0]}{more}")
+    assert info is not None
+    return info

@@ -1,0 +1,416 @@
+"""Preprocessing cache: RAS orientation, optional resampling, crop, normalisation, `.npy` files.
+
+Layout of a cache folder:
+
+    dataset_props.json     dataset-level: labels, regions, channels, modality, spacing,
+                           per-channel normalisation (CT: percentiles, mean, std), case list
+    cases/CASE.npy         image (C, D, H, W) float32, D = Z (inferior -> superior), H = X, W = Y
+    cases/CASE_seg.npy     label (D, H, W) uint8
+    cases/CASE_fg.npy      sampled foreground voxels (N, 4) int32: (label, d, h, w)
+    cases/CASE.json        what maps a prediction back to the original file's voxel grid
+
+Geometry uses MONAI (`LoadImage`, `Orientation`, `Spacing`); `restore_to_original` undoes it
+from the recorded affines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import LoadImage, Orientation, Spacing
+from monai.transforms.utils import generate_spatial_bounding_box
+from scipy import ndimage
+from tqdm import tqdm
+
+from medtune.data.dataset import CaseFiles, DatasetInfo, load_dataset
+from medtune.data.io import file_fingerprint, save_json, save_npy
+from medtune.errors import MedtuneInputError
+
+CACHE_VERSION = 1
+PROPS_FILE = "dataset_props.json"
+FG_SAMPLES = 10000
+CT_SAMPLES_PER_CASE = 20000
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    """`medtune_cache/<dataset folder name>` beside the dataset folder."""
+    root = Path(root).resolve()
+    return root.parent / "medtune_cache" / root.name
+
+
+def _loader() -> LoadImage:
+    return LoadImage(
+        reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32
+    )
+
+
+def load_images(files: list[Path] | Path | str, is_4d: bool | None = None) -> torch.Tensor:
+    """MetaTensor (C, X, Y, Z) from one file per channel or one 4D file (channels last on disk)."""
+    files = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    loader = _loader()
+    chans = []
+    for f in files:
+        try:
+            x = loader(str(f))
+        except Exception as exc:  # noqa: BLE001 - MONAI/nibabel raise many types for bad files
+            raise MedtuneInputError(
+                f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:120]} (run medtune check-data)"
+            ) from None
+        if x.ndim != 4:
+            raise MedtuneInputError(
+                f"{f}: expected a 3D image{' or 4D (channels last)' if len(files) == 1 else ''}, found shape {tuple(x.shape[1:])}"
+            )
+        chans.append(x)
+    shapes = {tuple(c.shape[1:]) for c in chans}
+    if len(shapes) > 1:
+        raise MedtuneInputError(
+            f"{files[0].parent}: expected channel files of one shape, found {sorted(shapes)}"
+        )
+    return torch.cat(chans, 0) if len(chans) > 1 else chans[0]
+
+
+def _geometry(img, label, spacing):
+    """Orient to RAS and resample; returns (img, label, geometry meta)."""
+    meta: dict[str, Any] = {
+        "original_affine": img.affine.numpy().tolist(),
+        "original_shape": list(img.shape[1:]),
+    }
+    orient = Orientation(axcodes="RAS")
+    img = orient(img)
+    label = orient(label) if label is not None else None
+    meta["oriented_affine"] = img.affine.numpy().tolist()
+    meta["oriented_shape"] = list(img.shape[1:])
+    if spacing is not None:
+        img = Spacing(pixdim=tuple(spacing), mode="bilinear")(img)
+        if label is not None:
+            label = Spacing(pixdim=tuple(spacing), mode="nearest")(label)
+    meta["resampled_affine"] = img.affine.numpy().tolist()
+    meta["resampled_shape"] = list(img.shape[1:])
+    return img, label, meta
+
+
+def _crop(img: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Crop (C, X, Y, Z) to the bounding box of voxels non-zero in any channel."""
+    start, end = generate_spatial_bounding_box(img, select_fn=lambda x: x != 0)
+    start, end = list(map(int, start)), list(map(int, end))
+    if any(e <= s for s, e in zip(start, end)):  # all zero: keep everything
+        start, end = [0, 0, 0], list(img.shape[1:])
+    meta["bbox_start"], meta["bbox_end"] = start, end
+    return img, tuple(slice(s, e) for s, e in zip(start, end))
+
+
+def _normalise(img: np.ndarray, norm: list[dict]) -> np.ndarray:
+    """Per-channel normalisation in place: MRI z-score over non-zero voxels, CT clip + z-score."""
+    mask = np.any(img != 0, axis=0)
+    for c, n in enumerate(norm):
+        x = img[c]
+        if n["scheme"] == "ct":
+            np.clip(x, n["lower"], n["upper"], out=x)
+            x -= n["mean"]
+            x /= max(n["std"], 1e-8)
+        else:
+            vals = x[mask]
+            mean, std = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
+            x -= mean
+            x /= max(std, 1e-8)
+            x[~mask] = 0
+    return img
+
+
+def _spacing_of(affine: np.ndarray) -> list[float]:
+    return [float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))]
+
+
+def to_model_space(img, label, props: dict):
+    """(image (C, D, H, W) float32, label (D, H, W) uint8 or None, meta) in the cache's geometry."""
+    img, label, meta = _geometry(img, label, props.get("spacing"))
+    arr = img.numpy().astype(np.float32, copy=False)
+    arr, sl = _crop(arr, meta)
+    arr = np.ascontiguousarray(arr[(slice(None), *sl)].transpose(0, 3, 1, 2))
+    arr = _normalise(arr, props["normalisation"])
+    lab = None
+    if label is not None:
+        lab_xyz = np.rint(label.numpy()[0][sl])
+        lab = np.ascontiguousarray(lab_xyz.transpose(2, 0, 1)).astype(np.uint8)
+    sx, sy, sz = _spacing_of(np.asarray(meta["resampled_affine"]))
+    meta["spacing"] = [sz, sx, sy]
+    meta["shape"] = list(arr.shape)
+    return arr, lab, meta
+
+
+def _settings_key(props: dict) -> str:
+    key = json.dumps([CACHE_VERSION, props.get("spacing"), props["normalisation"]], sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _case_sources(case: CaseFiles) -> dict[str, list]:
+    files = list(case.images) + ([case.label] if case.label else [])
+    return {str(f): file_fingerprint(f) for f in files}
+
+
+def _ct_stats(info: DatasetInfo) -> dict:
+    """Dataset-level CT statistics over labelled foreground voxels (nnU-Net style)."""
+    rng = np.random.default_rng(0)
+    vals = []
+    for case in info.cases:
+        img = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float32)
+        lab = np.asarray(nib.load(str(case.label)).dataobj) if case.label else None
+        fg = (
+            img[lab > 0]
+            if lab is not None and lab.shape == img.shape and (lab > 0).any()
+            else img.ravel()
+        )
+        if fg.size > CT_SAMPLES_PER_CASE:
+            fg = rng.choice(fg, CT_SAMPLES_PER_CASE, replace=False)
+        vals.append(fg)
+    v = np.concatenate(vals).astype(np.float64)
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    v = np.clip(v, lo, hi)
+    return {
+        "scheme": "ct",
+        "lower": float(lo),
+        "upper": float(hi),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+    }
+
+
+def _dataset_props(info: DatasetInfo, cache: Path, spacing) -> dict:
+    sources = {c.case_id: _case_sources(c) for c in info.cases}
+    old = read_props(cache) if (cache / PROPS_FILE).is_file() else None
+    fp = hashlib.sha1(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
+    if info.modality == "ct":
+        if (
+            old
+            and old.get("sources_fingerprint") == fp
+            and old["normalisation"][0].get("scheme") == "ct"
+        ):
+            norm = old["normalisation"]
+        else:
+            norm = [_ct_stats(info)]
+    else:
+        norm = [{"scheme": "zscore_nonzero"} for _ in info.channel_names]
+    return {
+        "version": CACHE_VERSION,
+        "dataset_root": str(info.root.resolve()),
+        "name": info.name,
+        "channel_names": info.channel_names,
+        "labels": info.labels,
+        "regions": info.regions,
+        "modality": info.modality,
+        "medtune": info.medtune,
+        "file_ending": info.file_ending,
+        "spacing": list(spacing) if spacing is not None else None,
+        "normalisation": norm,
+        "cases": [c.case_id for c in info.cases],
+        "sources_fingerprint": fp,
+    }
+
+
+def read_props(cache: str | Path) -> dict:
+    """The dataset-level JSON of a cache folder."""
+    path = Path(cache) / PROPS_FILE
+    if not path.is_file():
+        raise MedtuneInputError(
+            f"{path}: expected a preprocessing cache (run medtune preprocess), found none"
+        )
+    return json.loads(path.read_text())
+
+
+def _is_current(cache: Path, case: CaseFiles, key: str) -> bool:
+    base = cache / "cases" / case.case_id
+    js = base.with_name(case.case_id + ".json")
+    if not all(
+        p.is_file()
+        for p in (
+            js,
+            base.with_name(case.case_id + ".npy"),
+            base.with_name(case.case_id + "_seg.npy"),
+        )
+    ):
+        return False
+    try:
+        meta = json.loads(js.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("settings_key") == key and meta.get("sources") == _case_sources(case)
+
+
+def _fg_samples(lab: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in np.unique(lab):
+        if v == 0:
+            continue
+        idx = np.argwhere(lab == v)
+        if len(idx) > FG_SAMPLES:
+            idx = idx[rng.choice(len(idx), FG_SAMPLES, replace=False)]
+        out.append(np.concatenate([np.full((len(idx), 1), v), idx], 1))
+    return np.concatenate(out).astype(np.int32) if out else np.zeros((0, 4), np.int32)
+
+
+def _process_case(case: CaseFiles, cache: Path, props: dict, key: str) -> str:
+    img = load_images(case.images)
+    if len(case.images) == 1 and img.shape[0] != len(props["channel_names"]):
+        raise MedtuneInputError(
+            f"{case.images[0]}: expected {len(props['channel_names'])} channels, found {img.shape[0]}"
+        )
+    label = load_images(case.label)
+    if tuple(label.shape[1:]) != tuple(img.shape[1:]):
+        raise MedtuneInputError(
+            f"{case.label}: expected the image shape {tuple(img.shape[1:])}, found {tuple(label.shape[1:])} (run medtune check-data)"
+        )
+    arr, lab, meta = to_model_space(img, label, props)
+    bad = sorted(set(np.unique(lab).tolist()) - set(props["labels"].values()))
+    if bad:
+        raise MedtuneInputError(
+            f"{case.label}: expected label values {sorted(props['labels'].values())}, found {bad} (run medtune check-data)"
+        )
+    out = cache / "cases"
+    save_npy(arr, out / f"{case.case_id}.npy")
+    save_npy(lab, out / f"{case.case_id}_seg.npy")
+    save_npy(_fg_samples(lab, seed=len(case.case_id)), out / f"{case.case_id}_fg.npy")
+    meta.update(case_id=case.case_id, settings_key=key, sources=_case_sources(case))
+    save_json(meta, out / f"{case.case_id}.json")  # written last: marks the case complete
+    return case.case_id
+
+
+def preprocess_dataset(
+    root: str | Path, cache: str | Path, workers: int = 1, spacing=None, return_stats: bool = False
+):
+    """Build or update the cache of dataset `root` in `cache`; up-to-date cases are skipped.
+
+    `spacing` is the target (X, Y, Z) spacing in mm or None for the native grid. Returns the
+    cache path (with `return_stats`, also {"done": n, "skipped": n}).
+    """
+    info = load_dataset(root)
+    cache = Path(cache)
+    (cache / "cases").mkdir(parents=True, exist_ok=True)
+    props = _dataset_props(info, cache, spacing)
+    key = _settings_key(props)
+    todo = [c for c in info.cases if not _is_current(cache, c, key)]
+    save_json(props, cache / PROPS_FILE)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"preprocess {info.name}",
+        unit="case",
+        file=sys.stderr,
+        disable=not todo,
+    )
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(
+                _process_case, todo, [cache] * len(todo), [props] * len(todo), [key] * len(todo)
+            ):
+                bar.update()
+    else:
+        for c in todo:
+            _process_case(c, cache, props, key)
+            bar.update()
+    bar.close()
+    stats = {"done": len(todo), "skipped": len(info.cases) - len(todo)}
+    return (cache, stats) if return_stats else cache
+
+
+def ensure_cache(
+    root: str | Path, cache: str | Path | None = None, spacing=None, workers: int = 1
+) -> Path:
+    """The cache of `root` (default `default_cache_dir(root)`), built or updated as needed."""
+    return preprocess_dataset(
+        root, cache or default_cache_dir(root), workers=workers, spacing=spacing
+    )
+
+
+def load_case(cache: str | Path, case_id: str, mmap: bool = True):
+    """(image (C, D, H, W) float32, label (D, H, W) uint8, meta) of a cached case."""
+    base = Path(cache) / "cases"
+    mode = "r" if mmap else None
+    try:
+        img = np.load(base / f"{case_id}.npy", mmap_mode=mode, allow_pickle=False)
+        lab = np.load(base / f"{case_id}_seg.npy", mmap_mode=mode, allow_pickle=False)
+        meta = json.loads((base / f"{case_id}.json").read_text())
+    except FileNotFoundError as exc:
+        raise MedtuneInputError(
+            f"{exc.filename}: expected a cached case '{case_id}', found none (run medtune preprocess)"
+        ) from None
+    return img, lab, meta
+
+
+def preprocess_image(image_files_or_4d, cache_or_props) -> tuple[np.ndarray, dict]:
+    """An unlabelled case in the training geometry: (image (C, D, H, W) float32, meta).
+
+    `image_files_or_4d` is one file per channel or one 4D file; `cache_or_props` a cache
+    folder or its `dataset_props.json` content. `meta` feeds `restore_to_original`.
+    """
+    props = cache_or_props if isinstance(cache_or_props, dict) else read_props(cache_or_props)
+    img = load_images(image_files_or_4d)
+    n = len(props["channel_names"])
+    if img.shape[0] != n:
+        raise MedtuneInputError(
+            f"{image_files_or_4d}: expected {n} channel(s) ({', '.join(props['channel_names'])}), found {img.shape[0]}"
+        )
+    arr, _, meta = to_model_space(img, None, props)
+    return arr, meta
+
+
+def restore_to_original(x: np.ndarray, meta: dict) -> np.ndarray:
+    """Map a label map (D, H, W) or probabilities (K, D, H, W) back to the original file's grid.
+
+    Undoes the crop (background outside: label 0, probability 1 for channel 0), the resampling
+    (nearest for labels, linear for probabilities) and the orientation. Returns (X, Y, Z) or
+    (K, X, Y, Z) matching `meta["original_shape"]`; write it with `meta["original_affine"]`.
+    """
+    x = np.asarray(x)
+    probs = x.ndim == 4
+    if x.ndim not in (3, 4):
+        raise MedtuneInputError(
+            f"restore_to_original: expected (D, H, W) or (K, D, H, W), found shape {x.shape}"
+        )
+    xyz = x.transpose(0, 2, 3, 1) if probs else x.transpose(1, 2, 0)
+    full_shape = tuple(meta["resampled_shape"])
+    sl = tuple(slice(s, e) for s, e in zip(meta["bbox_start"], meta["bbox_end"]))
+    if probs:
+        full = np.zeros((x.shape[0], *full_shape), dtype=np.float32)
+        full[0] = 1.0
+        full[(slice(None), *sl)] = xyz
+    else:
+        full = np.zeros(full_shape, dtype=x.dtype)
+        full[sl] = xyz
+    oriented_shape = tuple(meta["oriented_shape"])
+    a_r, a_o = np.asarray(meta["resampled_affine"]), np.asarray(meta["oriented_affine"])
+    if full_shape != oriented_shape or not np.allclose(a_r, a_o, atol=1e-6):
+        m = np.linalg.inv(a_r) @ a_o  # oriented voxel -> resampled voxel
+
+        def warp(v, order):
+            return ndimage.affine_transform(
+                v,
+                m[:3, :3],
+                offset=m[:3, 3],
+                output_shape=oriented_shape,
+                order=order,
+                mode="nearest",
+            )
+
+        full = np.stack([warp(c.astype(np.float32), 1) for c in full]) if probs else warp(full, 0)
+    orig = np.asarray(meta["original_affine"])
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.io_orientation(orig)
+    )
+    if probs:
+        out = np.stack([nib.orientations.apply_orientation(c, ornt) for c in full])
+    else:
+        out = nib.orientations.apply_orientation(full, ornt)
+    out = np.ascontiguousarray(out)
+    if tuple(out.shape[-3:]) != tuple(meta["original_shape"]):
+        raise RuntimeError(
+            f"restore_to_original: produced {out.shape}, expected {meta['original_shape']}"
+        )
+    return out
