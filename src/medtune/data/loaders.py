@@ -1,0 +1,157 @@
+"""Training crops and full validation volumes from the preprocessing cache.
+
+`TrainCropDataset` draws random crops `(C, D, H, W)` with the paper's augmentations (random
+crop, padded when the volume is smaller; flips on the three axes; per-channel intensity scale
+and shift), optionally centred on foreground. Every sample depends only on
+(seed, epoch, index): a resumed run, or a different number of workers, sees the same crops.
+The epoch travels inside the index (`epoch * len(dataset) + i`), set by `EpochSampler`, so that
+persistent worker processes need no message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medtune.data.config import DataConfig
+from medtune.data.preprocess import load_case
+from medtune.errors import MedtuneInputError
+
+
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+class TrainCropDataset(Dataset):
+    """Random augmented crops: {"image": (C, D, H, W) float32, "label": (D, H, W) int64}."""
+
+    def __init__(self, cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0):
+        if not case_ids:
+            raise MedtuneInputError("TrainCropDataset: expected at least one training case, found none")
+        self.cache = Path(cache)
+        self.case_ids = list(case_ids)
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.length = int(cfg.samples_per_epoch or len(self.case_ids))
+        for cid in self.case_ids[:1]:
+            load_case(self.cache, cid)  # fail early on a missing cache
+        keys = ["image", "label"]
+        self.pad = SpatialPadd(keys, spatial_size=cfg.crop_size, method="symmetric")
+        self.augment = Compose(
+            [
+                RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=0),
+                RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=1),
+                RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=2),
+                RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=1.0, channel_wise=True),
+                RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=1.0, channel_wise=True),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(int(k), self.length)
+        return self.sample(epoch, i)
+
+    def case_for(self, epoch: int, i: int) -> str:
+        """Case drawn at position i of an epoch: a seeded permutation, cycled."""
+        n = len(self.case_ids)
+        perm = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(n)
+        return self.case_ids[perm[i % n]]
+
+    def _crop_start(self, rng: np.random.Generator, shape, fg: np.ndarray) -> list[int]:
+        cs = self.cfg.crop_size
+        centre = None
+        if self.cfg.foreground_prob > 0 and len(fg) and rng.random() < self.cfg.foreground_prob:
+            classes = np.unique(fg[:, 0])
+            pick = fg[fg[:, 0] == rng.choice(classes)]
+            centre = pick[rng.integers(len(pick)), 1:]
+        start = []
+        for ax in range(3):
+            room = shape[ax] - cs[ax]
+            if room <= 0:
+                start.append(0)
+            elif centre is not None:
+                start.append(int(np.clip(centre[ax] - cs[ax] // 2 + rng.integers(-cs[ax] // 4, cs[ax] // 4 + 1), 0, room)))
+            else:
+                start.append(int(rng.integers(0, room + 1)))
+        return start
+
+    def sample(self, epoch: int, i: int) -> dict[str, torch.Tensor]:
+        """The crop at position i of epoch `epoch` (deterministic)."""
+        rng = np.random.default_rng([self.seed, epoch, i])
+        case_id = self.case_for(epoch, i)
+        img, lab, _ = load_case(self.cache, case_id)
+        fg = np.load(self.cache / "cases" / f"{case_id}_fg.npy") if self.cfg.foreground_prob > 0 else np.zeros((0, 4))
+        start = self._crop_start(rng, lab.shape, fg)
+        sl = tuple(slice(s, s + c) for s, c in zip(start, self.cfg.crop_size))
+        data = {
+            "image": torch.from_numpy(np.array(img[(slice(None), *sl)], dtype=np.float32)),
+            "label": torch.from_numpy(np.array(lab[sl])[None]),
+        }
+        if any(n < c for n, c in zip(lab.shape, self.cfg.crop_size)):
+            data = self.pad(data)
+        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        data = self.augment(data)
+        return {"image": _plain(data["image"]).float().contiguous(), "label": _plain(data["label"])[0].long().contiguous()}
+
+
+class VolumeDataset(Dataset):
+    """Whole cached cases: {"image": (C, D, H, W) float32, "label": (D, H, W) int64, "case_id"}."""
+
+    def __init__(self, cache: str | Path, case_ids: list[str]):
+        self.cache = Path(cache)
+        self.case_ids = list(case_ids)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        img, lab, _ = load_case(self.cache, self.case_ids[i], mmap=False)
+        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.int64)), "case_id": self.case_ids[i]}
+
+
+class EpochSampler(Sampler[int]):
+    """Indices `epoch * n + i` for i in 0..n-1; `set_epoch` (Lightning calls it) moves on."""
+
+    def __init__(self, n: int, epoch: int = 0):
+        self.n = int(n)
+        self.epoch = int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        base = self.epoch * self.n
+        return iter(range(base, base + self.n))
+
+
+def make_train_loader(cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0, epoch: int = 0) -> DataLoader:
+    """Batches {"image": (B, C, D, H, W), "label": (B, D, H, W)}; call `loader.sampler.set_epoch`."""
+    ds = TrainCropDataset(cache, case_ids, cfg, seed)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=EpochSampler(len(ds), epoch),
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=False,
+    )
+
+
+def _collate_one(batch: list[dict]) -> dict:
+    b = batch[0]
+    return {"image": b["image"][None], "label": b["label"][None], "case_id": [b["case_id"]]}
+
+
+def make_val_loader(cache: str | Path, case_ids: list[str], num_workers: int = 0) -> DataLoader:
+    """One whole case per batch: {"image": (1, C, D, H, W), "label": (1, D, H, W), "case_id": [id]}."""
+    return DataLoader(VolumeDataset(cache, case_ids), batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_collate_one)
