@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medtune.data.config import DataConfig
@@ -31,7 +37,9 @@ class TrainCropDataset(Dataset):
 
     def __init__(self, cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0):
         if not case_ids:
-            raise MedtuneInputError("TrainCropDataset: expected at least one training case, found none")
+            raise MedtuneInputError(
+                "TrainCropDataset: expected at least one training case, found none"
+            )
         self.cache = Path(cache)
         self.case_ids = list(case_ids)
         self.cfg = cfg
@@ -46,8 +54,12 @@ class TrainCropDataset(Dataset):
                 RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=0),
                 RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=1),
                 RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=2),
-                RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=1.0, channel_wise=True),
-                RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=1.0, channel_wise=True),
+                RandScaleIntensityd(
+                    "image", factors=cfg.intensity_scale, prob=1.0, channel_wise=True
+                ),
+                RandShiftIntensityd(
+                    "image", offsets=cfg.intensity_shift, prob=1.0, channel_wise=True
+                ),
             ]
         )
 
@@ -77,7 +89,15 @@ class TrainCropDataset(Dataset):
             if room <= 0:
                 start.append(0)
             elif centre is not None:
-                start.append(int(np.clip(centre[ax] - cs[ax] // 2 + rng.integers(-cs[ax] // 4, cs[ax] // 4 + 1), 0, room)))
+                start.append(
+                    int(
+                        np.clip(
+                            centre[ax] - cs[ax] // 2 + rng.integers(-cs[ax] // 4, cs[ax] // 4 + 1),
+                            0,
+                            room,
+                        )
+                    )
+                )
             else:
                 start.append(int(rng.integers(0, room + 1)))
         return start
@@ -87,7 +107,11 @@ class TrainCropDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, i])
         case_id = self.case_for(epoch, i)
         img, lab, _ = load_case(self.cache, case_id)
-        fg = np.load(self.cache / "cases" / f"{case_id}_fg.npy") if self.cfg.foreground_prob > 0 else np.zeros((0, 4))
+        fg = (
+            np.load(self.cache / "cases" / f"{case_id}_fg.npy")
+            if self.cfg.foreground_prob > 0
+            else np.zeros((0, 4))
+        )
         start = self._crop_start(rng, lab.shape, fg)
         sl = tuple(slice(s, s + c) for s, c in zip(start, self.cfg.crop_size))
         data = {
@@ -98,7 +122,10 @@ class TrainCropDataset(Dataset):
             data = self.pad(data)
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
         data = self.augment(data)
-        return {"image": _plain(data["image"]).float().contiguous(), "label": _plain(data["label"])[0].long().contiguous()}
+        return {
+            "image": _plain(data["image"]).float().contiguous(),
+            "label": _plain(data["label"])[0].long().contiguous(),
+        }
 
 
 class VolumeDataset(Dataset):
@@ -113,7 +140,11 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         img, lab, _ = load_case(self.cache, self.case_ids[i], mmap=False)
-        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.int64)), "case_id": self.case_ids[i]}
+        return {
+            "image": torch.from_numpy(img),
+            "label": torch.from_numpy(lab.astype(np.int64)),
+            "case_id": self.case_ids[i],
+        }
 
 
 class EpochSampler(Sampler[int]):
@@ -134,7 +165,9 @@ class EpochSampler(Sampler[int]):
         return iter(range(base, base + self.n))
 
 
-def make_train_loader(cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0, epoch: int = 0) -> DataLoader:
+def make_train_loader(
+    cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0, epoch: int = 0
+) -> DataLoader:
     """Batches {"image": (B, C, D, H, W), "label": (B, D, H, W)}; call `loader.sampler.set_epoch`."""
     ds = TrainCropDataset(cache, case_ids, cfg, seed)
     return DataLoader(
@@ -154,4 +187,10 @@ def _collate_one(batch: list[dict]) -> dict:
 
 def make_val_loader(cache: str | Path, case_ids: list[str], num_workers: int = 0) -> DataLoader:
     """One whole case per batch: {"image": (1, C, D, H, W), "label": (1, D, H, W), "case_id": [id]}."""
-    return DataLoader(VolumeDataset(cache, case_ids), batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=_collate_one)
+    return DataLoader(
+        VolumeDataset(cache, case_ids),
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_one,
+    )

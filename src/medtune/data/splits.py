@@ -13,13 +13,17 @@ from medtune.errors import MedtuneInputError
 SPLITS_FILE = "splits_final.json"
 
 
-def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+def make_splits(
+    case_ids: list[str], num_folds: int = 5, seed: int = 12345
+) -> list[dict[str, list[str]]]:
     """`num_folds` folds over the sorted case ids, shuffled with `seed`: [{"train", "val"}, ...]."""
     ids = sorted(case_ids)
     if len(set(ids)) != len(ids):
         raise MedtuneInputError("splits: expected unique case ids, found duplicates")
     if num_folds < 2 or len(ids) < num_folds:
-        raise MedtuneInputError(f"splits: expected at least num_folds={num_folds} (>= 2) cases, found {len(ids)}")
+        raise MedtuneInputError(
+            f"splits: expected at least num_folds={num_folds} (>= 2) cases, found {len(ids)}"
+        )
     perm = np.random.RandomState(seed).permutation(len(ids))
     folds = np.array_split(perm, num_folds)
     out = []
@@ -29,7 +33,9 @@ def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> l
     return out
 
 
-def get_splits(dataset_root_or_cache: str | Path, case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+def get_splits(
+    dataset_root_or_cache: str | Path, case_ids: list[str], num_folds: int = 5, seed: int = 12345
+) -> list[dict[str, list[str]]]:
     """Folds from `<dir>/splits_final.json`, reused as is when it exists, else made and written.
 
     An existing file must name only cases in `case_ids`.
@@ -40,11 +46,17 @@ def get_splits(dataset_root_or_cache: str | Path, case_ids: list[str], num_folds
             splits = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise MedtuneInputError(f"{path}: expected JSON, found {exc}") from None
-        if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
-            raise MedtuneInputError(f"{path}: expected a list of {{'train': [...], 'val': [...]}}, found something else")
+        if not isinstance(splits, list) or not all(
+            isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits
+        ):
+            raise MedtuneInputError(
+                f"{path}: expected a list of {{'train': [...], 'val': [...]}}, found something else"
+            )
         unknown = sorted({c for s in splits for c in s["train"] + s["val"]} - set(case_ids))
         if unknown:
-            raise MedtuneInputError(f"{path}: expected case ids of this dataset, found unknown {unknown[:5]}")
+            raise MedtuneInputError(
+                f"{path}: expected case ids of this dataset, found unknown {unknown[:5]}"
+            )
         return splits
     splits = make_splits(case_ids, num_folds, seed)
     save_json(splits, path)

@@ -1,0 +1,159 @@
+"""Validate a dataset before training; every problem is one `CASE FILE: expected ..., found ...`.
+
+Checks: dataset.json present, valid and complete; at least one case; unique case ids; every
+channel file present; every file a readable, complete NIfTI; 3D images (4D with the declared
+channels for MSD); channel and label shapes equal; affines equal within `AFFINE_TOL`; label
+values integer and declared in dataset.json; no NaN or Inf intensities. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from medtune.data.dataset import CaseFiles, DatasetInfo, Problem, scan_dataset
+
+AFFINE_TOL = 1e-3
+"""Largest difference (mm, or direction-cosine times spacing) between image and label affines."""
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _read(path: Path, case: str, rel: str, problems: list[Problem]):
+    """(array, affine) or None after recording why the file cannot be used."""
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError:
+        return None  # reported by the layout scan
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for non-NIfTI files
+        problems.append(
+            Problem(case, rel, "a readable NIfTI file", f"{type(exc).__name__}: {str(exc)[:100]}")
+        )
+        return None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        problems.append(Problem(case, rel, "a NIfTI file", type(img).__name__))
+        return None
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated gzip / short files
+        problems.append(
+            Problem(
+                case,
+                rel,
+                "a complete NIfTI file",
+                f"unreadable data ({type(exc).__name__}: {str(exc)[:80]})",
+            )
+        )
+        return None
+    return data, img.affine
+
+
+def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> None:
+    root, cid = info.root, case.case_id
+    first = None  # (rel, shape, affine)
+    want_4d = case.is_4d
+    for path in case.images:
+        rel = _rel(path, root)
+        got = _read(path, cid, rel, problems)
+        if got is None:
+            continue
+        data, affine = got
+        if want_4d:
+            if data.ndim != 4 or data.shape[3] != info.num_channels:
+                problems.append(
+                    Problem(
+                        cid,
+                        rel,
+                        f"a 4D image with {info.num_channels} channels last",
+                        f"shape {data.shape}",
+                    )
+                )
+                continue
+            spatial = data.shape[:3]
+        else:
+            if data.ndim != 3:
+                problems.append(
+                    Problem(cid, rel, "a 3D image", f"a {data.ndim}D array of shape {data.shape}")
+                )
+                continue
+            spatial = data.shape
+        if data.dtype.kind == "f":
+            n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+            if n_nan or n_inf:
+                problems.append(
+                    Problem(cid, rel, "finite intensities", f"{n_nan} NaN and {n_inf} Inf voxels")
+                )
+        if first is None:
+            first = (rel, spatial, affine)
+        else:
+            _compare(cid, rel, spatial, affine, first, problems)
+    if case.label is None:
+        return
+    rel = _rel(case.label, root)
+    got = _read(case.label, cid, rel, problems)
+    if got is None:
+        return
+    data, affine = got
+    if data.ndim != 3:
+        problems.append(
+            Problem(cid, rel, "a 3D label map", f"a {data.ndim}D array of shape {data.shape}")
+        )
+        return
+    if first is not None:
+        _compare(cid, rel, data.shape, affine, first, problems)
+    vals = np.unique(data)
+    declared = set(info.labels.values())
+    if data.dtype.kind == "f" and not np.all(np.isfinite(vals) & (np.mod(vals, 1) == 0)):
+        bad = [float(v) for v in vals if not (np.isfinite(v) and v == int(v))][:5]
+        problems.append(Problem(cid, rel, "integer label values", f"{bad}"))
+        return
+    undeclared = sorted(int(v) for v in vals if int(v) not in declared)
+    if undeclared:
+        problems.append(
+            Problem(
+                cid,
+                rel,
+                f"label values declared in dataset.json {sorted(declared)}",
+                f"{undeclared}",
+            )
+        )
+
+
+def _compare(cid: str, rel: str, shape, affine, first, problems: list[Problem]) -> None:
+    ref_rel, ref_shape, ref_affine = first
+    if tuple(shape) != tuple(ref_shape):
+        problems.append(
+            Problem(cid, rel, f"shape {tuple(ref_shape)} as {ref_rel}", f"{tuple(shape)}")
+        )
+    diff = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
+    if diff > AFFINE_TOL:
+        problems.append(
+            Problem(
+                cid,
+                rel,
+                f"the affine of {ref_rel} (tolerance {AFFINE_TOL})",
+                f"a difference of {diff:.4g}",
+            )
+        )
+
+
+def check_dataset(
+    root: str | Path, progress: bool = False
+) -> tuple[DatasetInfo | None, list[Problem]]:
+    """(info, problems) for the dataset at `root`; reads every file, writes nothing."""
+    info, problems = scan_dataset(root)
+    if info is None:
+        return None, problems
+    cases = info.cases + info.test_cases
+    for case in tqdm(cases, desc="check-data", unit="case", file=sys.stderr, disable=not progress):
+        _check_case(info, case, problems)
+    return info, problems
