@@ -1,6 +1,17 @@
 """Tuning methods: one folder each, one registry line each (importing the folder registers it)."""
 
-from medtune.methods import full, head, med_adapter, scratch  # noqa: F401  (registration)
+from medtune.methods import (  # noqa: F401  (registration)  # noqa: F401  (registration: the baselines and LoRA)
+    adapter,
+    adaptformer,
+    full,
+    head,
+    lora,
+    med_adapter,
+    pro_tuning,
+    scratch,
+    st_adapter,
+    vpt,
+)
 from medtune.methods.base import (
     METHODS,
     MethodConfig,
