@@ -29,7 +29,10 @@ def _count(path: Path) -> tuple[str, object]:
     from medtune.params import count_parameters
 
     cfg = load_config(path)
-    model = build_model(cfg.model, load_weights=False)
+    try:
+        model = build_model(cfg.model, load_weights=False)
+    except MedtuneInputError as exc:
+        raise MedtuneInputError(f"{path}: {exc}") from exc
     return cfg.model.method["name"], count_parameters(model)
 
 
