@@ -1,0 +1,79 @@
+"""`medtune train`: fine-tune a config on a dataset into a run directory (docs/training.md).
+
+    medtune train --config CFG [--data DIR] [--fold K] [--out RUN_DIR] [dotted overrides]
+    medtune train --resume RUN_DIR [dotted overrides, e.g. --train.max_epochs 300]
+
+The summary line goes to stdout; progress bars and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from medtune.errors import MedtuneInputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a config on a dataset (Lightning; resumable; DDP)",
+        description="Train the model of a config on a dataset into a run directory holding the "
+        "resolved config, adapter-only folders (adapter/ = best validation Dice, adapter_last/), "
+        "the trainer state for --resume, logs and train_summary.json. Any config field can be "
+        "overridden with a dotted flag, e.g. --train.max_epochs 5 --data.batch_size 1 "
+        "--train.devices 2 --train.strategy ddp.",
+    )
+    p.add_argument("--config", type=Path, help="experiment config YAML (not needed with --resume)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (sets data.root)")
+    p.add_argument("--fold", type=int, metavar="K", help="validation fold (sets data.fold)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run directory to create (default runs/<config name>/fold<K>)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last complete checkpoint",
+    )
+    p.set_defaults(func=run_train, accepts_overrides=True)
+
+
+def _default_out(name: str, config: Path | None, fold: int) -> Path:
+    stem = name or (config.stem if config else "run")
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) / f"fold{fold}"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medtune.config import load_config, parse_cli_overrides
+    from medtune.engine.run import load_run_config, summary_line, train_run
+
+    overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
+    if args.data is not None:
+        overrides["data.root"] = str(args.data)
+    if args.fold is not None:
+        overrides["data.fold"] = args.fold
+    if args.resume is not None:
+        if args.config is not None:
+            raise MedtuneInputError(
+                f"--config {args.config} with --resume {args.resume}: a resumed run uses its own "
+                "config.yaml; pass only overrides (e.g. --train.max_epochs 300)"
+            )
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise MedtuneInputError(
+                f"--out {args.out} with --resume {args.resume}: a resumed run writes into RUN_DIR"
+            )
+        cfg = load_run_config(args.resume, overrides)
+        summary = train_run(cfg, args.resume, resume=True)
+    else:
+        if args.config is None:
+            raise MedtuneInputError("--config CFG is required (or --resume RUN_DIR)")
+        cfg = load_config(args.config, overrides)
+        out = args.out or _default_out(cfg.name, args.config, cfg.data.fold)
+        summary = train_run(cfg, out, resume=False)
+    print(summary_line(summary))
+    return 0
