@@ -142,6 +142,13 @@ class SegDataModule(pl.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
+    def optimizer_steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch of each process (computed without building a loader)."""
+        _, world = self._rank_world()
+        n = epoch_samples(self.data_cfg, self.train_cfg, len(self.train_ids), world)
+        batches = math.ceil(math.ceil(n / world) / self.data_cfg.batch_size)
+        return math.ceil(batches / self.train_cfg.accumulate_grad_batches)
+
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank_world()
         n = epoch_samples(self.data_cfg, self.train_cfg, len(self.train_ids), world)

@@ -199,8 +199,10 @@ class SegTrainModule(pl.LightningModule):
         opt = torch.optim.Adam(
             params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, amsgrad=self.cfg.amsgrad
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        # Not `trainer.estimated_stepping_batches`: it builds the training loader before a
+        # checkpoint's loop state is restored, and the loader would then miss its resume state.
+        per_epoch = self.trainer.datamodule.optimizer_steps_per_epoch()
+        total = max(1, per_epoch * self.trainer.max_epochs)
         warmup = effective_warmup_epochs(self.cfg) * per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, partial(warmup_cosine, warmup=warmup, total=total)
@@ -269,6 +271,7 @@ class SegTrainModule(pl.LightningModule):
             "rng": _rng_state(),
             "best": self.best,
             "history": self.history,
+            "epoch_loss": list(self._epoch_loss),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -281,4 +284,5 @@ class SegTrainModule(pl.LightningModule):
         state = checkpoint["medtune"]
         self.best = state["best"]
         self.history = state["history"]
+        self._epoch_loss = list(state.get("epoch_loss", [0.0, 0]))
         self._pending_rng = state["rng"]
