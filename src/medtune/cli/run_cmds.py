@@ -50,7 +50,7 @@ def _default_out(name: str, config: Path | None, fold: int) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from medtune.config import load_config, parse_cli_overrides
-    from medtune.engine.run import load_run_config, summary_line, train_run
+    from medtune.engine.run import is_global_zero, load_run_config, summary_line, train_run
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
     if args.data is not None:
@@ -75,5 +75,6 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
         out = args.out or _default_out(cfg.name, args.config, cfg.data.fold)
         summary = train_run(cfg, out, resume=False)
-    print(summary_line(summary))
+    if is_global_zero():
+        print(summary_line(summary))
     return 0

@@ -165,6 +165,18 @@ def _loggers(run_dir: Path) -> list:
     return loggers
 
 
+def resolve_strategy(strategy: str):
+    """`ddp` / `ddp_spawn` with unused-parameter detection (some methods own parameters that a
+    given backbone never uses, e.g. the first Med-Adapter's inter-stage projection); any other
+    Lightning strategy name passes through (`ddp_find_unused_parameters_false` opts out)."""
+    if strategy not in ("ddp", "ddp_spawn"):
+        return strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    start = "spawn" if strategy == "ddp_spawn" else "popen"
+    return DDPStrategy(find_unused_parameters=True, start_method=start)
+
+
 def _progress(enabled: bool) -> list:
     """Lightning's tqdm bar (it writes to stderr), when enabled."""
     if not enabled:
@@ -260,12 +272,14 @@ def train_run(
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory.*exists.*")
     warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
+    # validation metrics and the epoch loss are reduced over processes before they are logged
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
+        strategy=resolve_strategy(tc.strategy),
         precision=resolve_precision(tc.precision, accelerator),
         max_epochs=tc.max_epochs,
         accumulate_grad_batches=tc.accumulate_grad_batches,
@@ -323,6 +337,11 @@ def train_run(
 
         save_json(summary, out / SUMMARY_FILE)
     return summary
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes the run directory (global rank 0)."""
+    return _rank() == 0
 
 
 def summary_line(summary: dict[str, Any]) -> str:
