@@ -164,3 +164,19 @@ def test_cli_errors_are_one_line(make_config, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--train.max_epochs", "0"]) == 2
     assert "train.max_epochs" in capsys.readouterr().err
+
+
+def test_validation_only_at_the_end_with_dice_ce_and_accumulation(make_config, tmp_path):
+    _, cfg = make_config(
+        train__val_every=0,
+        train__max_epochs=1,
+        train__steps_per_epoch=1,
+        train__accumulate_grad_batches=2,
+        train__loss="dice_ce",
+        data__batch_size=1,
+    )
+    summary = train_run(cfg, tmp_path / "run")
+    assert summary["global_step"] == 1  # 2 batches of 1 crop, accumulated into one step
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    assert "val_mean_dice" in summary["history"][0] and summary["best"]["epoch"] == 1
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
