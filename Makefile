@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/medtune params --config configs/brats/vit_b16_upernet/med_adapter.yaml
+	$(VENV)/bin/medtune demo --out demo_out
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

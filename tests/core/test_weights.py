@@ -134,7 +134,7 @@ def test_google_vit_npz(tmp_path):
     ]:
         assert torch.allclose(got[k], ref[k], atol=1e-6), k
     assert torch.allclose(got["pos_embed"][0, 0], got["pos_embed"][0, 0])  # resampled, finite
-    assert any("weights: file" in r for r in report)
+    assert any("source: file" in r for r in report)
 
 
 def _swin_microsoft_file(tmp_path):

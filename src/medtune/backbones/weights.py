@@ -243,7 +243,7 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
             )
         source = preset.weights
     sd, where = read_state_dict(str(source), backbone, {**preset.kwargs, **cfg.timm_kwargs})
-    report = [f"weights: {where}"]
+    report = [f"source: {where}"]
     sd = _fit_to_backbone(sd, backbone, report)
     target = backbone.model.state_dict()
     mismatched = [

@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "medtune.cli.params",
     "medtune.cli.data_cmds",
     "medtune.cli.run_cmds",
+    "medtune.cli.infer_cmds",
+    "medtune.cli.demo_cmd",
 ]
 
 
@@ -32,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that group of subcommands is not part of this build
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
