@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -83,7 +84,7 @@ def _geometry(img, label, spacing):
         "original_affine": img.affine.numpy().tolist(),
         "original_shape": list(img.shape[1:]),
     }
-    orient = Orientation(axcodes="RAS")
+    orient = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
     img = orient(img)
     label = orient(label) if label is not None else None
     meta["oriented_affine"] = img.affine.numpy().tolist()
@@ -283,6 +284,11 @@ def _process_case(case: CaseFiles, cache: Path, props: dict, key: str) -> str:
     return case.case_id
 
 
+def _worker_init() -> None:
+    # One thread per worker process, as torch's DataLoader does: forked OpenMP pools deadlock.
+    torch.set_num_threads(1)
+
+
 def preprocess_dataset(
     root: str | Path, cache: str | Path, workers: int = 1, spacing=None, return_stats: bool = False
 ):
@@ -306,7 +312,10 @@ def preprocess_dataset(
         disable=not todo,
     )
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init
+        ) as pool:
             for _ in pool.map(
                 _process_case, todo, [cache] * len(todo), [props] * len(todo), [key] * len(todo)
             ):
