@@ -73,3 +73,35 @@ def test_multitask_refuses_other_backbone_and_whole_models(folders, tmp_path):
     with pytest.raises(MedtuneInputError, match="already loaded"):
         bank.add_task("brats", folders["brats"][0])
     assert bank.task_names == ["brats"]
+
+
+def test_from_saved_configs_with_pretrained_file(tmp_path):
+    """Without `base`: the first adapter's config loads the backbone's weight file once; the
+    result equals `load_adapter(folder)` alone, which also builds from the saved config."""
+    from safetensors.torch import save_file
+
+    from medtune.backbones import BackboneConfig, create_backbone
+    from medtune.configbase import from_dict
+    from medtune.model import ModelConfig, build_model
+
+    torch.manual_seed(21)
+    weights = tmp_path / "vit_test.safetensors"
+    bb = create_backbone(BackboneConfig(name="vit_test", in_chans=4, img_size=64))
+    save_file(bb.model.state_dict(), str(weights))
+    folders, refs = {}, {}
+    x = volume()
+    for task, method in (("a", "st_adapter"), ("b", "vpt_shallow")):
+        data = config_dict(tiny_config("vit", method))
+        data["backbone"]["pretrained"] = str(weights)
+        cfg = from_dict(ModelConfig, data)
+        torch.manual_seed(5)  # other random init: only the weight file makes backbones equal
+        model = build_model(cfg, load_weights=True)
+        perturb_tuned(model)
+        with torch.no_grad():
+            refs[task] = model.eval()(x)
+        folders[task] = save_adapter(model, tmp_path / task, config_dict(cfg))
+    bank = MultiTaskModel.from_adapters(folders)
+    with torch.no_grad():
+        for task in folders:
+            assert torch.equal(load_adapter(folders[task]).eval()(x), refs[task])
+            assert torch.equal(bank(x, task=task), refs[task])
