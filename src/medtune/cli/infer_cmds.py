@@ -1,0 +1,119 @@
+"""Inference subcommands: `evaluate` (metrics over labelled cases) and `predict` (label maps).
+
+Results go to stdout (the evaluation's Markdown table; the written paths); progress and notes
+to stderr. Bad input raises `MedtuneInputError` (one line, exit 2). See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run on labelled cases (Dice, HD95, NSD per region)",
+        description=(
+            "Sliding-window inference (training crop as window, the run's overlap, CPU "
+            "stitching) over the labelled cases of a split, metrics per region of dataset.json "
+            "in each label file's own grid; writes per_case.csv, summary.json and summary.md to "
+            "--out and prints the Markdown table."
+        ),
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory of medtune train")
+    p.add_argument("--data", type=Path, metavar="DIR", required=True, help="labelled dataset folder")
+    p.add_argument("--fold", type=int, metavar="K", help="fold of splits_final.json (default: the run's)")
+    p.add_argument(
+        "--split", choices=("val", "train", "all"), default="val",
+        help="cases of the fold to evaluate, or all labelled cases (default: val)",
+    )
+    p.add_argument(
+        "--tta", choices=("none", "flip8"), default="none",
+        help="test-time augmentation: flip8 averages the softmax over the 8 axis flips",
+    )
+    p.add_argument(
+        "--postprocess", choices=("brats",),
+        help="brats: predicted ET under 500 voxels becomes the dataset's non-enhancing core label",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default RUN_DIR/eval_<split>_fold<K>)")
+    p.add_argument(
+        "--nsd-tolerance", type=float, default=1.0, metavar="MM",
+        help="tolerance of the normalised surface Dice in mm (default 1)",
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where the model runs (default: cuda when available); stitching stays on the CPU",
+    )
+    p.set_defaults(func=run_evaluate)
+
+    q = sub.add_parser(
+        "predict",
+        help="write label maps for new images in their own geometry",
+        description=(
+            "Predict CASE_0000.nii.gz... channel files, 4D NIfTI files or folders of cases; "
+            "writes OUT/CASE.nii.gz with exactly the input's shape, affine and spacing, in the "
+            "source dataset's label convention. Never writes into an input folder."
+        ),
+    )
+    q.add_argument(
+        "model_dir", type=Path, metavar="RUN_OR_ADAPTER_DIR",
+        help="run directory (uses its adapter/) or adapter folder",
+    )
+    q.add_argument("--input", type=Path, metavar="FILE_OR_DIR", required=True, help="image file or folder")
+    q.add_argument("--out", type=Path, metavar="DIR", required=True, help="output folder")
+    q.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="where the model runs (default: cuda when available, else cpu)",
+    )
+    q.add_argument("--tta", choices=("none", "flip8"), default="none", help="test-time augmentation")
+    q.add_argument(
+        "--save-probabilities", action="store_true",
+        help="also write OUT/CASE_probs.nii.gz (float32 (X, Y, Z, K), one volume per class)",
+    )
+    q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    q.set_defaults(func=run_predict)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medtune.apps.evaluate import evaluate_run
+    from medtune.evaluation.report import markdown_table
+
+    summary = evaluate_run(
+        args.run_dir,
+        args.data,
+        fold=args.fold,
+        split=args.split,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        out=args.out,
+        device=args.device,
+        nsd_tolerance_mm=args.nsd_tolerance,
+    )
+    sys.stdout.write(markdown_table(summary))
+    print(
+        f"evaluated {summary['n_cases']} case(s) ({args.split}, fold {summary['fold']}, "
+        f"tta {args.tta}, postprocess {summary['postprocess']}) in {summary['wall_time_s']:.1f} s; "
+        f"reports in {summary['out_dir']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from medtune.apps.predict import predict_files
+
+    paths = predict_files(
+        args.model_dir,
+        args.input,
+        args.out,
+        device=args.device,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite,
+    )
+    for p in paths:
+        print(p)
+    print(f"wrote {len(paths)} label map(s) to {args.out}", file=sys.stderr)
+    return 0
