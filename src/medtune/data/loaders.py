@@ -76,6 +76,13 @@ class TrainCropDataset(Dataset):
         perm = np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(n)
         return self.case_ids[perm[i % n]]
 
+    def arrays(self, case_id: str):
+        """(image (C, D, H, W), label (D, H, W), foreground samples (N, 4)), memory-mapped."""
+        img, lab, _ = load_case(self.cache, case_id)
+        fg_file = self.cache / "cases" / f"{case_id}_fg.npy"
+        fg = np.load(fg_file) if self.cfg.foreground_prob > 0 else np.zeros((0, 4), np.int32)
+        return img, lab, fg
+
     def _crop_start(self, rng: np.random.Generator, shape, fg: np.ndarray) -> list[int]:
         cs = self.cfg.crop_size
         centre = None
@@ -106,12 +113,7 @@ class TrainCropDataset(Dataset):
         """The crop at position i of epoch `epoch` (deterministic)."""
         rng = np.random.default_rng([self.seed, epoch, i])
         case_id = self.case_for(epoch, i)
-        img, lab, _ = load_case(self.cache, case_id)
-        fg = (
-            np.load(self.cache / "cases" / f"{case_id}_fg.npy")
-            if self.cfg.foreground_prob > 0
-            else np.zeros((0, 4))
-        )
+        img, lab, fg = self.arrays(case_id)
         start = self._crop_start(rng, lab.shape, fg)
         sl = tuple(slice(s, s + c) for s, c in zip(start, self.cfg.crop_size))
         data = {
