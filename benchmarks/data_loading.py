@@ -65,14 +65,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         t0 = time.perf_counter()
-        root = write_phantoms(
-            "brats",
-            args.cases,
-            work / "raw",
-            seed=0,
-            shape=tuple(args.shape),
-            fov=(240.0, 240.0, 155.0),
-        )
+        root = work / "raw"
+        if not (root / "dataset.json").is_file():  # --workdir: reuse phantoms written before
+            fov = (240.0, 240.0, 155.0)  # 1 mm voxels at 240 x 240 x 155, like BraTS
+            write_phantoms("brats", args.cases, root, seed=0, shape=tuple(args.shape), fov=fov)
         t1 = time.perf_counter()
         cache = preprocess_dataset(root, work / "cache", workers=2)
         t2 = time.perf_counter()

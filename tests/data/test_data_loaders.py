@@ -74,8 +74,18 @@ def test_flips_on_three_axes(brats_cache):
     half = TrainCropDataset(
         brats_cache, ["brats_000"], cfg(crop_size=lab.shape, flip_prob=0.5), seed=0
     )
-    flipped = [not np.array_equal(half.sample(0, i)["label"].numpy(), lab) for i in range(12)]
-    assert 0 < sum(flipped) < 12
+    subsets = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    counts = np.zeros(3)
+    for i in range(16):
+        got = half.sample(0, i)["label"].numpy()
+        axes = [
+            s
+            for s in subsets
+            if np.array_equal(got, np.flip(np.asarray(lab), [k for k in range(3) if s[k]]))
+        ]
+        assert len(axes) == 1
+        counts += axes[0]
+    assert all(2 <= n <= 14 for n in counts), counts  # each axis flipped about half the time
 
 
 def test_foreground_biased_crops(brats_cache):
