@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from medtune.cli import main
+from medtune.data.check import check_dataset
 from medtune.data.convert import convert
 from medtune.data.dataset import load_dataset
+from medtune.data.preprocess import load_case, preprocess_dataset
 from medtune.errors import MedtuneInputError
 
 SHAPE = (6, 7, 5)
@@ -224,6 +226,9 @@ def test_msd_read_in_place_and_converted(tmp_path):
     src = _msd(tmp_path / "Task01_BrainTumour")
     info = load_dataset(src)
     assert info.layout == "msd" and info.cases[0].is_4d and len(info.cases) == 2
+    assert check_dataset(src)[1] == []
+    img, lab, _ = load_case(preprocess_dataset(src, tmp_path / "cache"), "BRATS_001")
+    assert img.shape == (4, SHAPE[2], SHAPE[0], SHAPE[1]) and lab.max() == 3
     assert info.labels == {
         "background": 0,
         "edema": 1,

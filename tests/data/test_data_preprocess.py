@@ -148,13 +148,9 @@ def test_ensure_cache_default_location(brats_copy):
 
 
 def test_bad_inputs_are_one_line_errors(brats_cache, tmp_path):
+    one_channel = Path(read_props(brats_cache)["dataset_root"]) / "imagesTr/brats_000_0000.nii.gz"
     with pytest.raises(MedtuneInputError, match="expected 4 channel"):
-        preprocess_image(
-            [tmp_path / "x.nii.gz"]
-            if False
-            else [Path(read_props(brats_cache)["dataset_root"]) / "imagesTr/brats_000_0000.nii.gz"],
-            brats_cache,
-        )
+        preprocess_image([one_channel], brats_cache)
     with pytest.raises(MedtuneInputError, match="run medtune preprocess"):
         read_props(tmp_path)
     with pytest.raises(MedtuneInputError, match="expected a cached case"):

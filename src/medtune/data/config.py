@@ -18,7 +18,7 @@ class DataConfig:
     root: str | None = None
     """Dataset folder (nnU-Net v2 raw layout or an MSD task); `--data` on the command line."""
     cache: str | None = None
-    """Preprocessing cache folder; None: `medtune_cache` beside the dataset folder."""
+    """Preprocessing cache folder; None: `medtune_cache/<dataset folder name>` beside the dataset."""
     fold: int = 0
     """Cross-validation fold used for validation (0 .. num_folds-1)."""
     num_folds: int = 5

@@ -221,10 +221,8 @@ def _brats_case(rng: np.random.Generator, shape_dhw, cfg: BratsPhantomConfig):
         [(0, 0, 0, 0), _MRI["wm"], _MRI["gm"], _MRI["csf"], _MRI["ed"], _MRI["ncr"], _MRI["et"]],
         np.float32,
     )
-    img = table[code].transpose(3, 0, 1, 2).copy()  # (4, X, Y, Z)
-    het = 1 + 0.08 * _smooth(rng, g.shape, (10, 10, 8))
-    tum = code >= 4
-    img[:, tum] *= het[tum]
+    het = np.where(code >= 4, 1 + 0.08 * _smooth(rng, g.shape, (10, 10, 8)), 1).astype(np.float32)
+    img = np.stack([np.take(table[:, c], code) * het for c in range(4)])  # (4, X, Y, Z)
     # Vessels: bright in T1ce like ET, flow voids elsewhere; half run along Z over many slices.
     vessel = np.zeros(g.shape, np.float32)
     for i in range(cfg.vessels):
