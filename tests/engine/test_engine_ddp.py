@@ -26,8 +26,13 @@ from medtune.evaluation.inference import predict_volume, probs_to_labels
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_validate(make_config, tmp_path):
+    # A private cache: its splits_final.json gets 2 folds (3 validation cases).
     cfg_path, _ = make_config(
-        data__num_folds=2, train__max_epochs=1, train__steps_per_epoch=2, train__deterministic=False
+        data__num_folds=2,
+        data__cache=str(tmp_path / "cache"),
+        train__max_epochs=1,
+        train__steps_per_epoch=2,
+        train__deterministic=False,
     )
     out = tmp_path / "run"
     medtune = Path(sys.executable).with_name("medtune")

@@ -180,3 +180,21 @@ def test_validation_only_at_the_end_with_dice_ce_and_accumulation(make_config, t
     assert [h["epoch"] for h in summary["history"]] == [1]
     assert "val_mean_dice" in summary["history"][0] and summary["best"]["epoch"] == 1
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sync_batchnorm_only_for_trainable_norms_and_ddp_strategy():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from medtune.engine.run import _convert_sync_bn, resolve_strategy
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 1), torch.nn.BatchNorm3d(4), torch.nn.BatchNorm3d(4)
+    )
+    for p in net[2].parameters():
+        p.requires_grad_(False)
+    assert _convert_sync_bn(net) == 1
+    assert isinstance(net[1], torch.nn.SyncBatchNorm)
+    assert type(net[2]) is torch.nn.BatchNorm3d
+    strategy = resolve_strategy("ddp")
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["find_unused_parameters"]
+    assert resolve_strategy("auto") == "auto"

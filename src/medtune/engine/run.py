@@ -124,6 +124,11 @@ def prepare_data(cfg: ExperimentConfig) -> tuple[Path, dict[str, Any], list[str]
         raise MedtuneInputError(
             f"data.fold: {split_dir / 'splits_final.json'} has {len(splits)} folds, found fold {cfg.data.fold}"
         )
+    if len(splits) != cfg.data.num_folds:
+        _log(
+            f"{split_dir / 'splits_final.json'}: using its {len(splits)} folds "
+            f"(data.num_folds={cfg.data.num_folds} applies only when the file is written)"
+        )
     fold = splits[cfg.data.fold]
     return Path(cache), props, list(fold["train"]), list(fold["val"])
 
