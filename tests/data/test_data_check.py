@@ -118,7 +118,14 @@ def no_dataset_json(root):
     return "(dataset) dataset.json: expected a dataset.json file, found none"
 
 
+def broken_symlink(root):
+    (root / "imagesTr/brats_003_0003.nii.gz").unlink()
+    (root / "imagesTr/brats_003_0003.nii.gz").symlink_to(root / "moved-away.nii.gz")
+    return "brats_003 imagesTr/brats_003_0003.nii.gz: expected a file, found a broken symlink"
+
+
 BREAKERS = [
+    broken_symlink,
     missing_channel,
     not_nifti,
     truncated,

@@ -8,6 +8,7 @@ values integer and declared in dataset.json; no NaN or Inf intensities. Nothing 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,9 @@ AFFINE_TOL = 1e-3
 
 
 def _rel(path: Path, root: Path) -> str:
+    """`path` relative to the dataset root, without following symlinks."""
     try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
+        return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(root)))
     except ValueError:
         return str(path)
 
@@ -33,7 +35,11 @@ def _read(path: Path, case: str, rel: str, problems: list[Problem]):
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
-        return None  # reported by the layout scan
+        if Path(path).is_symlink():  # e.g. a `convert --link` dataset whose source moved
+            problems.append(
+                Problem(case, rel, "a file", f"a broken symlink to {Path(path).readlink()}")
+            )
+        return None  # a plain missing file is reported by the layout scan
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for non-NIfTI files
         problems.append(
             Problem(case, rel, "a readable NIfTI file", f"{type(exc).__name__}: {str(exc)[:100]}")

@@ -13,6 +13,7 @@ source's convention), `et_label` and `netc_label` (brain tumour post-processing)
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -301,7 +302,7 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
 
 def _scan_msd(root: Path, data: dict, n_ch: int, problems: list[Problem]):
     def resolve(p: str) -> Path:
-        return (root / p).resolve() if not Path(p).is_absolute() else Path(p)
+        return Path(os.path.normpath(root / p)) if not Path(p).is_absolute() else Path(p)
 
     tr, seen = [], set()
     entries = data.get("training")
