@@ -35,6 +35,7 @@ BASE: dict[str, Any] = {
         "log_every_n_steps": 1,
         "progress_bar": False,
         "deterministic": True,
+        "sw_batch_size": 16,
         "seed": 0,
     },
 }

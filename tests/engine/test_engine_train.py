@@ -195,6 +195,11 @@ def test_sync_batchnorm_only_for_trainable_norms_and_ddp_strategy():
     assert _convert_sync_bn(net) == 1
     assert isinstance(net[1], torch.nn.SyncBatchNorm)
     assert type(net[2]) is torch.nn.BatchNorm3d
-    strategy = resolve_strategy("ddp")
+    from medtune.engine.config import TrainConfig
+
+    strategy = resolve_strategy(TrainConfig(strategy="ddp"))
     assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["find_unused_parameters"]
-    assert resolve_strategy("auto") == "auto"
+    assert resolve_strategy(TrainConfig(accelerator="cpu")) == "auto"
+    auto_two = resolve_strategy(TrainConfig(accelerator="cpu", devices=2))
+    assert isinstance(auto_two, DDPStrategy)
+    assert resolve_strategy(TrainConfig(strategy="fsdp", devices=2)) == "fsdp"

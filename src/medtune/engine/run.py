@@ -170,10 +170,29 @@ def _loggers(run_dir: Path) -> list:
     return loggers
 
 
-def resolve_strategy(strategy: str):
-    """`ddp` / `ddp_spawn` with unused-parameter detection (some methods own parameters that a
-    given backbone never uses, e.g. the first Med-Adapter's inter-stage projection); any other
-    Lightning strategy name passes through (`ddp_find_unused_parameters_false` opts out)."""
+def _processes(tc) -> int:
+    """Processes Lightning will start for `train.devices` x `train.num_nodes`."""
+    d = tc.devices
+    if isinstance(d, str) and d.strip() not in ("auto", "-1"):
+        d = [x for x in d.split(",") if x.strip()]
+        n = len(d) if len(d) > 1 else int(d[0])
+    elif isinstance(d, int) and d > 0:
+        n = d
+    else:  # auto / -1: every visible GPU, or one CPU process
+        n = torch.cuda.device_count() if _uses_cuda(tc.accelerator) else 1
+    return max(1, n) * tc.num_nodes
+
+
+def resolve_strategy(tc):
+    """DDP with unused-parameter detection for `ddp`, `ddp_spawn`, and `auto` with several
+    processes (a method can own a parameter that a backbone never uses, e.g. the first
+    Med-Adapter's inter-stage projection); other Lightning strategy names pass through
+    (`ddp_find_unused_parameters_false` opts out)."""
+    strategy = tc.strategy
+    if strategy == "auto":
+        if _processes(tc) <= 1:
+            return "auto"
+        strategy = "ddp"
     if strategy not in ("ddp", "ddp_spawn"):
         return strategy
     from lightning.pytorch.strategies import DDPStrategy
@@ -284,7 +303,7 @@ def train_run(
         accelerator=accelerator,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=resolve_strategy(tc.strategy),
+        strategy=resolve_strategy(tc),
         precision=resolve_precision(tc.precision, accelerator),
         max_epochs=tc.max_epochs,
         accumulate_grad_batches=tc.accumulate_grad_batches,
