@@ -146,9 +146,14 @@ def _smooth(rng: np.random.Generator, shape, cells) -> np.ndarray:
         t = np.linspace(0.5, c + 0.5, n, dtype=np.float32)[:, None]
         k = np.exp(-0.5 * ((t - np.arange(c + 2, dtype=np.float32)[None]) / 0.8) ** 2)
         w.append(k / k.sum(1, keepdims=True))
-    field = np.matmul(w[1], field @ w[2].T)  # (cx, Y, Z)
-    field = (w[0] @ field.reshape(field.shape[0], -1)).reshape(tuple(shape))
-    return (field - field.mean()) / (field.std() + 1e-6)
+    # einsum without BLAS: OpenBLAS threads make these small products 3-10x slower on busy CPUs
+    field = np.einsum("kc,abc->abk", w[2], field)
+    field = np.einsum("jb,abk->ajk", w[1], field)
+    field = np.einsum("ia,ajk->ijk", w[0], field)
+    sub = field[::2, ::2, ::2]  # statistics from every 8th voxel: the field is smooth
+    field -= sub.mean()
+    field *= 1.0 / (sub.std() + 1e-6)
+    return field
 
 
 def _spacing(shape_dhw, fov) -> tuple[float, float, float]:
@@ -224,7 +229,7 @@ def _brats_case(rng: np.random.Generator, shape_dhw, cfg: BratsPhantomConfig):
     het = np.where(code >= 4, 1 + 0.08 * _smooth(rng, g.shape, (10, 10, 8)), 1).astype(np.float32)
     img = np.stack([np.take(table[:, c], code) * het for c in range(4)])  # (4, X, Y, Z)
     # Vessels: bright in T1ce like ET, flow voids elsewhere; half run along Z over many slices.
-    vessel = np.zeros(g.shape, np.float32)
+    q = np.full(g.shape, np.inf, np.float32)  # min over vessels of d^2 / (2 r^2)
     for i in range(cfg.vessels):
         rad = rng.uniform(*cfg.vessel_radius)
         amp, ph, freq = rng.uniform(4, 12), rng.uniform(0, 2 * np.pi), rng.uniform(0.01, 0.04)
@@ -243,8 +248,8 @@ def _brats_case(rng: np.random.Generator, shape_dhw, cfg: BratsPhantomConfig):
             cx = p0[0] + amp * np.sin(freq * g.y + ph)
             cz = z0 + 0.5 * amp * np.cos(freq * g.y + ph)
             d2 = (g.x - cx) ** 2 + (g.z - cz) ** 2
-        vessel = np.maximum(vessel, np.exp(-d2 / (2 * rad**2)))
-    vessel *= brain & (code != 4) & (code != 6)
+        np.minimum(q, d2 * np.float32(1 / (2 * rad**2)), out=q)
+    vessel = np.exp(-q) * (brain & (code != 4) & (code != 6))
     vess = np.asarray(_MRI["vessel"], np.float32)[:, None, None, None]
     img = img * (1 - vessel) + vess * vessel
     # Partial volume, bias field, Rician noise, scanner gain; background stays exactly 0.
