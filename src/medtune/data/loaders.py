@@ -103,19 +103,21 @@ class TrainCropDataset(Dataset):
         )
         shift = rng.uniform(-cfg.intensity_shift, cfg.intensity_shift, n_ch).astype(np.float32)
         sl = tuple(slice(s, s + c) for s, c in zip(start, cfg.crop_size))
-        src_img, src_lab = img[(slice(None), *sl)], lab[sl]  # views of the memory map
-        if src_lab.shape != tuple(cfg.crop_size):  # smaller than the crop: pad symmetrically
-            pad = [
-                ((c - n) // 2, c - n - (c - n) // 2) for n, c in zip(src_lab.shape, cfg.crop_size)
-            ]
-            src_img = np.pad(src_img, [(0, 0), *pad])
-            src_lab = np.pad(src_lab, pad)
         rev = tuple(slice(None, None, -1) if f else slice(None) for f in flips)
-        src_img, src_lab = src_img[(slice(None), *rev)], src_lab[rev]
-        out = np.empty((n_ch, *cfg.crop_size), np.float32)
-        np.multiply(src_img, scale[:, None, None, None], out=out)
+        src_img, src_lab = img[(slice(None), *sl)][(slice(None), *rev)], lab[sl][rev]  # views
+        # Volumes smaller than the crop sit centred in zeros (symmetric padding, then flipped).
+        win = []
+        for n, c, f in zip(src_lab.shape, cfg.crop_size, flips):
+            before = (c - n) // 2 if not f else c - n - (c - n) // 2
+            win.append(slice(before, before + n))
+        padded = src_lab.shape != tuple(cfg.crop_size)
+        alloc = np.zeros if padded else np.empty
+        out = alloc((n_ch, *cfg.crop_size), np.float32)
+        label = alloc(tuple(cfg.crop_size), np.int64)
+        np.multiply(src_img, scale[:, None, None, None], out=out[(slice(None), *win)])
         out += shift[:, None, None, None]
-        return {"image": torch.from_numpy(out), "label": torch.from_numpy(src_lab.astype(np.int64))}
+        label[tuple(win)] = src_lab
+        return {"image": torch.from_numpy(out), "label": torch.from_numpy(label)}
 
 
 class VolumeDataset(Dataset):
