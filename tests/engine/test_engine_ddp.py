@@ -49,12 +49,16 @@ def test_ddp_two_cpu_processes_train_and_validate(make_config, tmp_path):
         "2",
         "--train.strategy",
         "ddp",
+        "--train.progress_bar",
+        "true",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("trained ")]
-    assert len(lines) == 1, proc.stdout  # only rank 0 reports
+    # stdout holds only rank 0's summary line; the progress bar went to stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trained 1 epoch(s)"), proc.stdout[-2000:]
+    assert "Epoch 0" in proc.stderr
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs"] == 1
     # 2 steps per process of batch 2: 8 crops in the epoch, 2 optimiser steps.

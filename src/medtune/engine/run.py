@@ -202,12 +202,25 @@ def resolve_strategy(tc):
 
 
 def _progress(enabled: bool) -> list:
-    """Lightning's tqdm bar (it writes to stderr), when enabled."""
+    """Lightning's tqdm bar, moved from stdout to stderr (stdout is for results), when enabled."""
     if not enabled:
         return []
+    import contextlib
+
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    return [TQDMProgressBar()]
+    class StderrProgressBar(TQDMProgressBar):
+        """`TQDMProgressBar` whose bars write to stderr."""
+
+    for name in ("sanity", "train", "validation", "test", "predict"):
+        method = f"init_{name}_tqdm"
+
+        def init(self, _method=method):
+            with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout
+                return getattr(TQDMProgressBar, _method)(self)
+
+        setattr(StderrProgressBar, method, init)
+    return [StderrProgressBar()]
 
 
 def _start_run_dir(out: Path, resume: bool) -> None:
