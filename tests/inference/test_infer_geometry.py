@@ -32,6 +32,11 @@ def test_round_trip_exact_on_oblique_anisotropic_grid(tmp_path, flip_x):
     assert pred.header.get_qform(coded=True)[1] == ref.header.get_qform(coded=True)[1]
     assert pred.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(pred.dataobj), inner.astype(np.uint8))
+    if flip_x:  # the fake model is flip-equivariant: 8-way flip TTA gives the same labels
+        (tta,) = predict_files(
+            predictor(cls=1), src, tmp_path / "out_tta", tta="flip8", progress=False
+        )
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tta)).dataobj), inner)
 
 
 def test_label_convention_mapped_back_and_probabilities(tmp_path):
