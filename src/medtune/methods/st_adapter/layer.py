@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from medtune.backbones.base import SliceContext, grid_to_volume, volume_to_grid
+from medtune.backbones.base import SliceContext
 from medtune.methods.adapter.layer import make_act
 
 
 class STAdapter(nn.Module):
     """Grid `(B*D, h, w, C)` -> same: `x + up(act(dwconv_(k,1,1)(down(x))))`.
 
-    `down(x)` `(B*D, h, w, C')` is unfolded to a volume `(B, C', D, h, w)` for the depthwise
-    conv across slices, then folded back. The up-projection is zero-initialised.
+    The depthwise conv across slices is `self.conv` (a `Conv3d(C', C', (k,1,1), groups=C')`
+    with bias, the parameters and state-dict layout of the video ST-Adapter), evaluated in the
+    channels-last slice layout as a sum of k shifted, per-channel-scaled copies: the same
+    arithmetic as the conv, without unfolding to `(B, C', D, h, w)` (depthwise 3D convs are
+    slow in half precision on GPUs). The up-projection is zero-initialised.
     """
 
     def __init__(self, dim: int, hidden: int, kernel: int = 3, act: str = "gelu"):
@@ -27,7 +31,19 @@ class STAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
+    def slice_conv(self, v: torch.Tensor) -> torch.Tensor:
+        """`(B, D, h, w, C')` -> same: the depthwise (k,1,1) conv along D, zero-padded."""
+        k = self.conv.kernel_size[0]
+        depth = v.shape[1]
+        weight = self.conv.weight.view(-1, k).to(v.dtype)  # (C', k)
+        padded = F.pad(v, (0, 0, 0, 0, 0, 0, k // 2, k // 2))
+        out = self.conv.bias.to(v.dtype) + padded[:, :depth] * weight[:, 0]
+        for j in range(1, k):
+            out = out + padded[:, j : j + depth] * weight[:, j]
+        return out
+
     def forward(self, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
-        v = grid_to_volume(self.down(x), ctx.batch)  # (B, C', D, h, w)
-        v = self.act(self.conv(v))
-        return x + self.up(volume_to_grid(v))
+        n, h, w, _ = x.shape
+        v = self.down(x).reshape(ctx.batch, n // ctx.batch, h, w, -1)  # (B, D, h, w, C')
+        v = self.act(self.slice_conv(v)).reshape(n, h, w, -1)
+        return x + self.up(v)
