@@ -254,6 +254,7 @@ def train_run(
     calls this; only global rank 0 writes files. `callbacks` are extra Lightning callbacks.
     """
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from medtune.engine.data import SegDataModule
     from medtune.engine.module import SegTrainModule, effective_warmup_epochs
@@ -324,7 +325,8 @@ def train_run(
         num_sanity_val_steps=0,
         deterministic=tc.deterministic,
         logger=_loggers(out),
-        callbacks=[checkpointer, *_progress(tc.progress_bar), *(callbacks or [])],
+        callbacks=[checkpointer, LearningRateMonitor("step"), *_progress(tc.progress_bar)]
+        + list(callbacks or []),
         enable_checkpointing=True,
         enable_progress_bar=tc.progress_bar,
         enable_model_summary=False,
