@@ -5,7 +5,7 @@ Writes BraTS-sized phantoms (4 x 240 x 240 x 155), builds the cache, then draws 
 processes, from the cache and straight from the .nii.gz files (load, orient to RAS, crop to
 the brain, z-score: what the cache stores precomputed). Prints a table; not a timed test.
 
-    .venv/bin/python benchmarks/data_loading.py [--cases 3] [--crops 12] [--workers 0 1 2]
+    .venv/bin/python benchmarks/data_loading.py [--cases 3] [--crops 24] [--workers 0 1 2]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def throughput(ds, workers: int, crops: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=3)
-    ap.add_argument("--crops", type=int, default=12, help="timed crops per setting")
+    ap.add_argument("--crops", type=int, default=24, help="timed crops per setting")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shape", type=int, nargs=3, default=[155, 240, 240], metavar=("D", "H", "W"))
     ap.add_argument(
