@@ -50,10 +50,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def clean_temporary(folder: Path) -> None:
-    """Remove `.tmp-*` files and folders left in `folder` by a killed run."""
+    """Remove `.tmp-*` files and folders (and `*.tmp` files) left in `folder` by a killed run."""
     if not folder.is_dir():
         return
-    for p in folder.glob(".tmp-*"):
+    for p in [*folder.glob(".tmp-*"), *folder.glob("*.tmp")]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
