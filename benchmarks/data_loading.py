@@ -11,6 +11,8 @@ the brain, z-score: what the cache stores precomputed). Prints a table; not a ti
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import tempfile
 import time
@@ -66,7 +68,10 @@ def main(argv=None) -> int:
         work = args.workdir or Path(tmp)
         t0 = time.perf_counter()
         root = work / "raw"
-        if not (root / "dataset.json").is_file():  # --workdir: reuse phantoms written before
+        ds_json = root / "dataset.json"
+        if not ds_json.is_file() or json.loads(ds_json.read_text())["numTraining"] != args.cases:
+            shutil.rmtree(root, ignore_errors=True)  # --workdir: phantoms are reused when they fit
+            shutil.rmtree(work / "cache", ignore_errors=True)
             fov = (240.0, 240.0, 155.0)  # 1 mm voxels at 240 x 240 x 155, like BraTS
             write_phantoms("brats", args.cases, root, seed=0, shape=tuple(args.shape), fov=fov)
         t1 = time.perf_counter()

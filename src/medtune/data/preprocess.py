@@ -299,7 +299,12 @@ def preprocess_dataset(
     """
     info = load_dataset(root)
     cache = Path(cache)
-    (cache / "cases").mkdir(parents=True, exist_ok=True)
+    try:
+        (cache / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedtuneInputError(
+            f"{cache}: expected a writable cache folder, found {exc.strerror}"
+        ) from None
     props = _dataset_props(info, cache, spacing)
     key = _settings_key(props)
     todo = [c for c in info.cases if not _is_current(cache, c, key)]
