@@ -12,6 +12,7 @@ See docs/training.md for the format and the resume guarantees.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from medtune.config import ExperimentConfig, config_from_dict
 from medtune.configbase import dump_yaml, load_yaml, to_dict
@@ -201,26 +203,41 @@ def resolve_strategy(tc):
     return DDPStrategy(find_unused_parameters=True, start_method=start)
 
 
-def _progress(enabled: bool) -> list:
-    """Lightning's tqdm bar, moved from stdout to stderr (stdout is for results), when enabled."""
-    if not enabled:
-        return []
-    import contextlib
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar on stderr (Lightning passes `file=sys.stdout`; stdout is for results)."""
 
-    from lightning.pytorch.callbacks import TQDMProgressBar
 
-    class StderrProgressBar(TQDMProgressBar):
-        """`TQDMProgressBar` whose bars write to stderr."""
+def _bar_on_stderr(method: str):
+    def init(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return getattr(TQDMProgressBar, method)(self)
 
-    for name in ("sanity", "train", "validation", "test", "predict"):
-        method = f"init_{name}_tqdm"
+    init.__name__ = method
+    return init
 
-        def init(self, _method=method):
-            with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout
-                return getattr(TQDMProgressBar, _method)(self)
 
-        setattr(StderrProgressBar, method, init)
-    return [StderrProgressBar()]
+for _stage in ("sanity", "train", "validation", "test", "predict"):
+    setattr(StderrProgressBar, f"init_{_stage}_tqdm", _bar_on_stderr(f"init_{_stage}_tqdm"))
+
+
+class AdapterExtra:
+    """The `extra` of adapter folders: what prediction needs without the dataset (picklable,
+    for `ddp_spawn`)."""
+
+    def __init__(self, dataset_props: dict[str, Any], crop_size, sw_overlap: float):
+        self.dataset_props = dataset_props
+        self.crop_size = [int(c) for c in crop_size]
+        self.sw_overlap = float(sw_overlap)
+
+    def __call__(self, module) -> dict[str, Any]:
+        done = [h["epoch"] for h in module.history if "train_loss" in h]
+        return {
+            "dataset": self.dataset_props,
+            "crop_size": self.crop_size,
+            "sw_overlap": self.sw_overlap,
+            "epochs_trained": max(done, default=0),
+            "best": module.best,
+        }
 
 
 def _start_run_dir(out: Path, resume: bool) -> None:
@@ -239,6 +256,17 @@ def _start_run_dir(out: Path, resume: bool) -> None:
             "or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _reload_final_state(module, ckpt: Path) -> tuple[int, int]:
+    """Load the final epoch's checkpoint into `module` (weights, best, history); returns
+    (epochs done, global step). A no-op for in-process strategies, it brings the results of
+    spawned processes (`ddp_spawn`) back into the launching process."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"], strict=False)
+    module.best = state["medtune"]["best"]
+    module.history = state["medtune"]["history"]
+    return int(state["epoch"]) + 1, int(state["global_step"])
 
 
 def train_run(
@@ -294,16 +322,9 @@ def train_run(
     )
     datamodule = SegDataModule(cache, train_ids, val_ids, cfg.data, tc)
     model_config = to_dict(cfg.model)
-    dataset_props = {k: props.get(k) for k in _PROPS_KEYS}
-
-    def adapter_extra(m: SegTrainModule) -> dict[str, Any]:
-        return {
-            "dataset": dataset_props,
-            "crop_size": list(cfg.data.crop_size),
-            "sw_overlap": tc.sw_overlap,
-            "epochs_trained": max((h["epoch"] for h in m.history if "train_loss" in h), default=0),
-            "best": m.best,
-        }
+    adapter_extra = AdapterExtra(
+        {k: props.get(k) for k in _PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
+    )
 
     checkpointer = RunCheckpointer(out, tc.checkpoint_every_n_steps, model_config, adapter_extra)
     accelerator = tc.accelerator
@@ -325,7 +346,11 @@ def train_run(
         num_sanity_val_steps=0,
         deterministic=tc.deterministic,
         logger=_loggers(out),
-        callbacks=[checkpointer, LearningRateMonitor("step"), *_progress(tc.progress_bar)]
+        callbacks=[
+            checkpointer,
+            LearningRateMonitor("step"),
+            *([StderrProgressBar()] if tc.progress_bar else []),
+        ]
         + list(callbacks or []),
         enable_checkpointing=True,
         enable_progress_bar=tc.progress_bar,
@@ -343,7 +368,7 @@ def train_run(
         _log(f"resuming from {ckpt}" if ckpt_path else f"{ckpt} not found: starting over")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    epochs_done = int(trainer.current_epoch)
+    epochs_done, global_step = _reload_final_state(module, ckpt)
     if module.last_validated_epoch != epochs_done:
         module.final_validation = True
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -359,7 +384,7 @@ def train_run(
         "parameters": counts.as_dict(),
         "tuned_pct": round(counts.tuned_pct, 4),
         "epochs": epochs_done,
-        "global_step": int(trainer.global_step),
+        "global_step": global_step,
         "best": module.best,
         "history": module.history,
         "train_cases": train_ids,
