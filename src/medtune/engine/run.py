@@ -269,6 +269,18 @@ def _reload_final_state(module, ckpt: Path) -> tuple[int, int]:
     return int(state["epoch"]) + 1, int(state["global_step"])
 
 
+def _absorb_spawned_validation(module, trainer, epoch: int) -> None:
+    """After `ddp_spawn` the validation ran in other processes: take its logged metrics."""
+    metrics = trainer.callback_metrics
+    if module.last_validated_epoch == epoch or "val/mean_dice" not in metrics:
+        return
+    regions = {r: float(metrics[f"val/dice_{r}"]) for r in module.regions}
+    mean = float(metrics["val/mean_dice"])
+    module.history.append({"epoch": epoch, "val_mean_dice": mean, "val_dice": regions})
+    if mean > module.best["mean_dice"]:
+        module.best = {"mean_dice": mean, "epoch": epoch, "regions": regions}
+
+
 def train_run(
     cfg: ExperimentConfig,
     out_dir: str | Path,
@@ -282,7 +294,6 @@ def train_run(
     calls this; only global rank 0 writes files. `callbacks` are extra Lightning callbacks.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from medtune.engine.data import SegDataModule
     from medtune.engine.module import SegTrainModule, effective_warmup_epochs
@@ -321,19 +332,34 @@ def train_run(
         model, tc, cfg.data.crop_size, props["regions"], save_frozen=not pretrained
     )
     datamodule = SegDataModule(cache, train_ids, val_ids, cfg.data, tc)
-    model_config = to_dict(cfg.model)
-    adapter_extra = AdapterExtra(
-        {k: props.get(k) for k in _PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
-    )
+    with warnings.catch_warnings():
+        _quiet_lightning()
+        return _fit(cfg, out, resume, callbacks, module, datamodule, counts, t0, props)
 
-    checkpointer = RunCheckpointer(out, tc.checkpoint_every_n_steps, model_config, adapter_extra)
-    accelerator = tc.accelerator
+
+def _quiet_lightning() -> None:
+    """Silence Lightning notes that do not apply to medtune's set-up (inside catch_warnings)."""
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory.*exists.*")
     warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
     # validation metrics and the epoch loss are reduced over processes before they are logged
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _fit(cfg, out: Path, resume: bool, callbacks, module, datamodule, counts, t0, props):
+    """Build the Trainer, fit (resuming when asked), validate at the end, write the results."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    tc = cfg.train
+    model = module.model
+    accelerator = tc.accelerator
+    model_config = to_dict(cfg.model)
+    adapter_extra = AdapterExtra(
+        {k: props.get(k) for k in _PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
+    )
+    checkpointer = RunCheckpointer(out, tc.checkpoint_every_n_steps, model_config, adapter_extra)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=tc.devices,
@@ -369,13 +395,11 @@ def train_run(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     epochs_done, global_step = _reload_final_state(module, ckpt)
-    if module.last_validated_epoch != epochs_done:
+    if module.last_validated_epoch != epochs_done:  # validate after the last epoch too
         module.final_validation = True
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # writes adapter/ if best
         module.final_validation = False
-        if trainer.is_global_zero and module.new_best:
-            module.new_best = False
-            write_adapter(model, out / "adapter", model_config, adapter_extra(module))
+        _absorb_spawned_validation(module, trainer, epochs_done)
     summary = {
         "run_dir": str(out),
         "wall_time_s": round(time.time() - t0, 2),
@@ -387,7 +411,7 @@ def train_run(
         "global_step": global_step,
         "best": module.best,
         "history": module.history,
-        "train_cases": train_ids,
+        "train_cases": list(datamodule.train_ids),
         "val_cases": list(datamodule.val_ids),
         "precision": trainer.precision,
         "world_size": trainer.world_size,
