@@ -127,3 +127,15 @@ def test_cli_phantoms(tmp_path, capsys):
 def test_write_phantoms_default_shape(tmp_path):
     out = write_phantoms("brats", 1, tmp_path / "d", seed=1, noise=0.1)
     assert sorted(nib.load(str(out / "labelsTr/brats_000.nii.gz")).shape) == [64, 96, 96]
+
+
+def test_rewriting_a_phantom_folder_leaves_no_stale_cases(tmp_path):
+    out = tmp_path / "d"
+    write_phantoms("kits", 3, out, shape=(16, 24, 24))
+    write_phantoms("kits", 2, out, shape=(16, 24, 24), seed=1)
+    assert len(load_dataset(out).cases) == 2
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    with pytest.raises(MedtuneInputError, match="new, empty or phantom"):
+        write_phantoms("kits", 2, tmp_path / "other")
+    assert (tmp_path / "other/notes.txt").read_text() == "mine"

@@ -9,7 +9,9 @@ BraTS files; KiTS-like: slice axis first, as in KiTS). Everything is determinist
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -369,6 +371,7 @@ def write_phantoms(
         raise MedtuneInputError(f"--kind: expected 'brats' or 'kits', found '{kind}'")
     cfg = from_dict(cfg_cls, knobs, "phantom knobs")
     shape = tuple(int(s) for s in (shape or DEFAULT_SHAPE))
+    _clear_previous_phantoms(out)
     for i in range(cases):
         img, lab, affine = make_phantom(kind, seed, i, shape, **knobs)
         case_id = f"{kind}_{i:03d}"
@@ -403,6 +406,23 @@ def write_phantoms(
         out / "dataset.json",
     )
     return out
+
+
+def _clear_previous_phantoms(out: Path) -> None:
+    """Allow rewriting a phantom dataset (no stale cases left); refuse any other non-empty folder."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / "dataset.json").read_text()).get("medtune", {}).get("phantom")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if not previous:
+        raise MedtuneInputError(
+            f"--out {out}: expected a new, empty or phantom dataset folder, found other files"
+        )
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "dataset.json").unlink()
 
 
 def _plain(d: dict) -> dict:
