@@ -276,7 +276,11 @@ def _absorb_spawned_validation(module, trainer, epoch: int) -> None:
         return
     regions = {r: float(metrics[f"val/dice_{r}"]) for r in module.regions}
     mean = float(metrics["val/mean_dice"])
-    module.history.append({"epoch": epoch, "val_mean_dice": mean, "val_dice": regions})
+    entry = next((h for h in module.history if h["epoch"] == epoch), None)
+    if entry is None:
+        entry = {"epoch": epoch}
+        module.history.append(entry)
+    entry.update(val_mean_dice=mean, val_dice=regions)
     if mean > module.best["mean_dice"]:
         module.best = {"mean_dice": mean, "epoch": epoch, "regions": regions}
 
