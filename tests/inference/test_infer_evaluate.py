@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import PositiveIsClass, brats_props, write_hand_dataset
+from infer_helpers import PositiveIsClass, brats_props, write_hand_dataset
 
 from medtune.apps import Predictor, evaluate_predictor, select_cases
 from medtune.data.dataset import load_dataset

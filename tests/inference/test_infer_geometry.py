@@ -6,7 +6,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PositiveIsClass, box_volume, brats_props, oblique_affine, save
+from infer_helpers import PositiveIsClass, box_volume, brats_props, oblique_affine, save
 
 from medtune.apps import Predictor, predict_files
 from medtune.apps.predict import find_cases

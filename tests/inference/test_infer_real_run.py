@@ -7,7 +7,7 @@ import shutil
 
 import nibabel as nib
 import numpy as np
-from conftest import run_config
+from infer_helpers import run_config
 
 from medtune.cli import main
 from medtune.config import config_from_dict
