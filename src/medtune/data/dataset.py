@@ -219,7 +219,8 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
                     )
                 )
                 continue
-            out[m["case"]][int(m["ch"])] = paths[0]
+            preferred = [p for p in paths if nifti_ending(p) == ending] or paths
+            out[m["case"]][int(m["ch"])] = preferred[0]
         return out
 
     def cases_from(
