@@ -254,6 +254,7 @@ def evaluate_run(
     device: str | None = "auto",
     nsd_tolerance_mm: float = 1.0,
     progress: bool = True,
+    sw_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """`medtune evaluate`: evaluate the best adapter of run `run_dir` on dataset `data_dir`.
 
@@ -267,6 +268,7 @@ def evaluate_run(
         out: report folder (default `RUN_DIR/eval_<split>_fold<K>`).
         device: "auto", "cpu" or "cuda" for the model; stitching is on the CPU.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        sw_batch_size: windows per model call (default: the run's `train.sw_batch_size`).
 
     Returns:
         The summary written to `summary.json` (plus `out_dir`).
@@ -278,7 +280,7 @@ def evaluate_run(
         raise MedtuneInputError(
             f"{run}: expected a run directory with {RUN_CONFIG} (written by medtune train), found none"
         )
-    predictor = load_predictor(run, device=device)
+    predictor = load_predictor(run, device=device, sw_batch_size=sw_batch_size)
     cfg = predictor.run_config
     fold = cfg.data.fold if fold is None else int(fold)
     from medtune.data.dataset import load_dataset

@@ -224,8 +224,14 @@ def _build_model(adapter_dir: Path, config: dict[str, Any], seed: int) -> torch.
         raise
 
 
-def load_predictor(path: str | Path, device: str | None = "cpu") -> Predictor:
-    """Load the model of a run directory or an adapter folder onto `device` (see module doc)."""
+def load_predictor(
+    path: str | Path, device: str | None = "cpu", sw_batch_size: int | None = None
+) -> Predictor:
+    """Load the model of a run directory or an adapter folder onto `device` (see module doc).
+
+    `sw_batch_size` (windows per model call) defaults to the adapter's `extra["sw_batch_size"]`,
+    else the run's `train.sw_batch_size`, else 1; more windows per call are faster on a CPU.
+    """
     from medtune.adapters import read_adapter_config
 
     adapter_dir, run_dir = resolve_model_dir(path)
@@ -265,7 +271,9 @@ def load_predictor(path: str | Path, device: str | None = "cpu") -> Predictor:
         window=tuple(window),
         overlap=float(overlap),
         sw_batch_size=int(
-            extra.get("sw_batch_size") or (run_cfg.train.sw_batch_size if run_cfg else 1)
+            sw_batch_size
+            or extra.get("sw_batch_size")
+            or (run_cfg.train.sw_batch_size if run_cfg else 1)
         ),
         device=dev,
         source=str(adapter_dir),

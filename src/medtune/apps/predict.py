@@ -295,6 +295,7 @@ def predict_files(
     overwrite: bool = False,
     *,
     progress: bool = True,
+    sw_batch_size: int | None = None,
 ) -> list[Path]:
     """`medtune predict`: write a label map per input case into `out_dir`.
 
@@ -306,6 +307,7 @@ def predict_files(
         tta: "none" or "flip8".
         save_probabilities: also write `CASE_probs.nii.gz` (float32, `(X, Y, Z, K)`).
         overwrite: replace existing outputs instead of refusing.
+        sw_batch_size: windows per model call (default: the adapter's or run's setting, else 1).
 
     Returns:
         The label map paths `OUT/CASE.nii.gz`, in case order.
@@ -330,14 +332,14 @@ def predict_files(
         channel_names = list(ds.get("channel_names") or [])
         predictor = None
         if not channel_names:
-            predictor = load_predictor(adapter_or_run_dir, device=device)
+            predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
             channel_names = list(predictor.props["channel_names"])
         cases = find_cases(inputs, channel_names)
     for case in cases:
         _check_headers(case, channel_names)
     _check_out(out, inputs, cases, save_probabilities, overwrite)
     if predictor is None:
-        predictor = load_predictor(adapter_or_run_dir, device=device)
+        predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
     out.mkdir(parents=True, exist_ok=True)
 
     written = []
