@@ -6,8 +6,8 @@
 
 Writes a synthetic 4-channel MRI-like head (four `CASE_000k.nii` channel files, int16, an
 anisotropic LPS affine, non-zero almost everywhere so the foreground crop keeps nearly the whole
-volume), saves an untrained model of the demo's kind (the `configs/demo/med_adapter.yaml`
-model: EfficientNet-Lite0 + Med-Adapter + U-Net decoder, random init, nothing downloaded) as an
+volume), saves an untrained model of the demo's kind (`medtune.demo.demo_config("med_adapter")`:
+EfficientNet-Lite0 + Med-Adapter + U-Net decoder, random init, nothing downloaded) as an
 adapter folder, then runs the real command `medtune predict ADAPTER --input DIR --out DIR
 --device cpu` in a child process. Prints the child's peak resident set size (the whole
 command: imports, model, loading, preprocessing, sliding windows, stitching, restoring and
@@ -39,14 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 LIMIT_GB = 24.0
-DEMO_CONFIG = ROOT / "configs" / "demo" / "med_adapter.yaml"
-FALLBACK_MODEL = {
-    "backbone": {"name": "efficientnet_lite0", "in_chans": 4, "img_size": 64},
-    "decoder": {"name": "unet"},
-    "num_classes": 4,
-    "method": {"name": "med_adapter", "alpha": 6, "depth_filter": "resample"},
-}
-FALLBACK_CROP = [32, 64, 64]
 
 
 def write_volume(folder: Path, shape_xyz: tuple[int, int, int], channels: int, seed: int) -> Path:
@@ -57,7 +49,9 @@ def write_volume(folder: Path, shape_xyz: tuple[int, int, int], channels: int, s
     aff[:3, 3] = [x * 0.47 / 2, y * 0.47 / 2, -z * 0.9 / 2]
     folder.mkdir(parents=True, exist_ok=True)
     gx, gy = np.meshgrid(
-        np.linspace(-1, 1, x, dtype=np.float32), np.linspace(-1, 1, y, dtype=np.float32), indexing="ij"
+        np.linspace(-1, 1, x, dtype=np.float32),
+        np.linspace(-1, 1, y, dtype=np.float32),
+        indexing="ij",
     )
     for c in range(channels):
         arr = np.empty(shape_xyz, dtype=np.int16)
@@ -79,17 +73,13 @@ def write_adapter(folder: Path, channels: int, sw_batch_size: int) -> tuple[Path
     import torch
 
     from medtune.adapters import save_adapter
-    from medtune.configbase import from_dict, to_dict
-    from medtune.model import ModelConfig, build_model
+    from medtune.config import config_from_dict
+    from medtune.configbase import to_dict
+    from medtune.demo import FULL, demo_config
+    from medtune.model import build_model
 
-    if DEMO_CONFIG.is_file():
-        from medtune.config import load_config
-
-        cfg = load_config(DEMO_CONFIG, {"model.backbone.pretrained": False})
-        model_cfg, crop = cfg.model, list(cfg.data.crop_size)
-    else:
-        model_cfg, crop = from_dict(ModelConfig, FALLBACK_MODEL), FALLBACK_CROP
-        model_cfg.method["train_depth"] = crop[0]
+    cfg = config_from_dict(demo_config("med_adapter", FULL, folder))
+    model_cfg, crop = cfg.model, list(cfg.data.crop_size)
     model_cfg.backbone.in_chans = channels
     model_cfg.backbone.pretrained = False
     torch.manual_seed(0)
@@ -134,10 +124,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300], metavar=("X", "Y", "Z"))
     ap.add_argument("--channels", type=int, default=4)
-    ap.add_argument("--overlap", type=float, default=2 / 3, help="sliding-window overlap (paper 2/3)")
+    ap.add_argument(
+        "--overlap", type=float, default=2 / 3, help="sliding-window overlap (paper 2/3)"
+    )
     ap.add_argument("--sw-batch-size", type=int, default=4, help="windows per model call")
     ap.add_argument("--tta", choices=("none", "flip8"), default="none")
-    ap.add_argument("--workdir", type=Path, help="keep inputs and outputs here (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", type=Path, help="keep inputs and outputs here (default: a temp dir)"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args()
 

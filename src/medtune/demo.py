@@ -54,8 +54,8 @@ FULL = DemoPlan(
     test_cases=6,
     shape=(48, 64, 64),
     crop=(16, 64, 64),
-    epochs=12,
-    samples_per_epoch=16,
+    epochs=16,
+    samples_per_epoch=32,
     val_every=4,
 )
 QUICK = DemoPlan(
@@ -64,7 +64,7 @@ QUICK = DemoPlan(
     shape=(24, 64, 64),
     crop=(16, 64, 64),
     epochs=2,
-    samples_per_epoch=4,
+    samples_per_epoch=8,
     val_every=2,
 )
 
@@ -299,6 +299,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
             out=out / "eval" / method,
             device="cpu",
             progress=False,
+            sw_batch_size=4,
         )
         metrics = {f"{g}/{k}": v["mean"] for g, ms in ev["metrics"].items() for k, v in ms.items()}
         regions = [g for g in ev["metrics"] if g not in ("composite", "mean")]
@@ -325,6 +326,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
         device="cpu",
         overwrite=True,
         progress=False,
+        sw_batch_size=4,
     )
     flair = next(i for i, n in enumerate(info.channel_names) if "flair" in n.lower())
     _plot_overlay(case.images[flair], case.label, preds[0], out / "overlay.png")
