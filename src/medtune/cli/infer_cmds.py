@@ -23,27 +23,46 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory of medtune train")
-    p.add_argument("--data", type=Path, metavar="DIR", required=True, help="labelled dataset folder")
-    p.add_argument("--fold", type=int, metavar="K", help="fold of splits_final.json (default: the run's)")
     p.add_argument(
-        "--split", choices=("val", "train", "all"), default="val",
+        "--data", type=Path, metavar="DIR", required=True, help="labelled dataset folder"
+    )
+    p.add_argument(
+        "--fold", type=int, metavar="K", help="fold of splits_final.json (default: the run's)"
+    )
+    p.add_argument(
+        "--split",
+        choices=("val", "train", "all"),
+        default="val",
         help="cases of the fold to evaluate, or all labelled cases (default: val)",
     )
     p.add_argument(
-        "--tta", choices=("none", "flip8"), default="none",
+        "--tta",
+        choices=("none", "flip8"),
+        default="none",
         help="test-time augmentation: flip8 averages the softmax over the 8 axis flips",
     )
     p.add_argument(
-        "--postprocess", choices=("brats",),
+        "--postprocess",
+        choices=("brats",),
         help="brats: predicted ET under 500 voxels becomes the dataset's non-enhancing core label",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default RUN_DIR/eval_<split>_fold<K>)")
     p.add_argument(
-        "--nsd-tolerance", type=float, default=1.0, metavar="MM",
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default RUN_DIR/eval_<split>_fold<K>)",
+    )
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=1.0,
+        metavar="MM",
         help="tolerance of the normalised surface Dice in mm (default 1)",
     )
     p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
         help="where the model runs (default: cuda when available); stitching stays on the CPU",
     )
     p.set_defaults(func=run_evaluate)
@@ -58,18 +77,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     q.add_argument(
-        "model_dir", type=Path, metavar="RUN_OR_ADAPTER_DIR",
+        "model_dir",
+        type=Path,
+        metavar="RUN_OR_ADAPTER_DIR",
         help="run directory (uses its adapter/) or adapter folder",
     )
-    q.add_argument("--input", type=Path, metavar="FILE_OR_DIR", required=True, help="image file or folder")
+    q.add_argument(
+        "--input", type=Path, metavar="FILE_OR_DIR", required=True, help="image file or folder"
+    )
     q.add_argument("--out", type=Path, metavar="DIR", required=True, help="output folder")
     q.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
         help="where the model runs (default: cuda when available, else cpu)",
     )
-    q.add_argument("--tta", choices=("none", "flip8"), default="none", help="test-time augmentation")
     q.add_argument(
-        "--save-probabilities", action="store_true",
+        "--tta", choices=("none", "flip8"), default="none", help="test-time augmentation"
+    )
+    q.add_argument(
+        "--save-probabilities",
+        action="store_true",
         help="also write OUT/CASE_probs.nii.gz (float32 (X, Y, Z, K), one volume per class)",
     )
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
