@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from infer_helpers import PROPS_KEYS, SHAPE, run_config
+from infer_helpers import SHAPE, run_config
 
 from medtune.adapters import save_adapter
 from medtune.config import config_from_dict
 from medtune.configbase import dump_yaml, to_dict
 from medtune.data.phantoms import write_phantoms
 from medtune.data.preprocess import ensure_cache, read_props
+from medtune.engine.run import PROPS_KEYS
 from medtune.model import build_model
 
 

@@ -13,17 +13,6 @@ from torch import nn
 
 SHAPE = (16, 40, 40)  # phantom (D, H, W)
 CROP = [8, 32, 32]
-PROPS_KEYS = (
-    "name",
-    "channel_names",
-    "labels",
-    "regions",
-    "modality",
-    "medtune",
-    "file_ending",
-    "spacing",
-    "normalisation",
-)
 
 
 def run_config(root: Path, cache: Path) -> dict:

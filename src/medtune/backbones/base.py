@@ -71,8 +71,12 @@ class SliceBackbone(nn.Module):
 
     family: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int) -> None:
         super().__init__()
+        self.model = model
+        self.timm_name = timm_name
+        self.in_chans = in_chans
+        self.img_size = img_size
         self.pre_block = nn.ModuleDict()
         self.post_block = nn.ModuleDict()
         self.insertion_points: list[InsertionPoint] = []

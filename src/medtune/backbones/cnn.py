@@ -48,11 +48,7 @@ class CNNSliceBackbone(SliceBackbone):
     family = "cnn"
 
     def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__()
-        self.model = model
-        self.timm_name = timm_name
-        self.in_chans = in_chans
-        self.img_size = img_size
+        super().__init__(model, timm_name, in_chans, img_size)
         info = model.feature_info
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         feature_modules = [d["module"] for d in info]

@@ -20,11 +20,7 @@ class SwinSliceBackbone(SliceBackbone):
     family = "swin"
 
     def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__()
-        self.model = model
-        self.timm_name = timm_name
-        self.in_chans = in_chans
-        self.img_size = img_size
+        super().__init__(model, timm_name, in_chans, img_size)
         self.patch = model.patch_embed.patch_size[0]
         idx = 0
         self.stage_channels: list[int] = []

@@ -28,11 +28,7 @@ class ViTSliceBackbone(SliceBackbone):
     family = "vit"
 
     def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__()
-        self.model = model
-        self.timm_name = timm_name
-        self.in_chans = in_chans
-        self.img_size = img_size
+        super().__init__(model, timm_name, in_chans, img_size)
         if (
             getattr(model, "cls_token", None) is not None
             or getattr(model, "reg_token", None) is not None

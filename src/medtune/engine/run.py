@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from medtune.config import ExperimentConfig, config_from_dict
-from medtune.configbase import dump_yaml, load_yaml, to_dict
+from medtune.config import ExperimentConfig, load_config
+from medtune.configbase import dump_yaml, to_dict
 from medtune.engine.checkpoint import (
     LAST_CKPT,
     STATE_DIR,
@@ -42,7 +42,7 @@ from medtune.errors import MedtuneInputError
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "train_summary.json"
 # Dataset properties that travel with adapters (prediction needs them without the dataset).
-_PROPS_KEYS = (
+PROPS_KEYS = (
     "name",
     "channel_names",
     "labels",
@@ -81,20 +81,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def load_run_config(run_dir: str | Path, overrides: dict[str, Any] | None = None):
     """The resolved config of an existing run directory, with dotted overrides applied."""
-    from medtune.configbase import apply_overrides
 
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise MedtuneInputError(
             f"{path}: expected the config of a run directory written by medtune train, found none"
         )
-    data = load_yaml(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    try:
-        return config_from_dict(data)
-    except MedtuneInputError as exc:
-        raise MedtuneInputError(f"{path}: {exc}") from exc
+    return load_config(path, overrides)
 
 
 def prepare_data(cfg: ExperimentConfig) -> tuple[Path, dict[str, Any], list[str], list[str]]:
@@ -361,7 +354,7 @@ def _fit(cfg, out: Path, resume: bool, callbacks, module, datamodule, counts, t0
     accelerator = tc.accelerator
     model_config = to_dict(cfg.model)
     adapter_extra = AdapterExtra(
-        {k: props.get(k) for k in _PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
+        {k: props.get(k) for k in PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
     )
     checkpointer = RunCheckpointer(out, tc.checkpoint_every_n_steps, model_config, adapter_extra)
     trainer = pl.Trainer(
