@@ -1,4 +1,4 @@
-"""evaluate and predict on a real run directory written by `train_run` (1 tiny epoch)."""
+"""evaluate and predict on a real run directory written by `train_run` (2 tiny epochs)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ def test_train_then_evaluate_and_predict(phantom_data, tmp_path, capsys):
     data = run_config(phantom_data, tmp_path / "cache")
     data["data"].update(batch_size=1)
     data["train"].update(
-        max_epochs=1, warmup_epochs=0, steps_per_epoch=2, val_every=1, progress_bar=False,
+        max_epochs=2, warmup_epochs=0, steps_per_epoch=2, val_every=1, progress_bar=False,
         log_every_n_steps=1, lr=0.005,
     )  # fmt: skip
     run = tmp_path / "run"
     train_run(config_from_dict(data), run)
     assert (run / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((run / "train_summary.json").read_text())["epochs"] == 2
 
     assert main(["evaluate", str(run), "--data", str(phantom_data)]) == 0
     summary = json.loads((run / "eval_val_fold0" / "summary.json").read_text())
