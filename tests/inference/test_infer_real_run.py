@@ -26,6 +26,10 @@ def test_train_then_evaluate_and_predict(phantom_data, tmp_path, capsys):
     train_run(config_from_dict(data), run)
     assert (run / "adapter" / "adapter_config.json").is_file()
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == 2
+    extra = json.loads((run / "adapter" / "adapter_config.json").read_text())["extra"]
+    assert (
+        extra["seed"] == data["train"]["seed"]
+    )  # an adapter folder alone can rebuild the backbone
 
     assert main(["evaluate", str(run), "--data", str(phantom_data)]) == 0
     summary = json.loads((run / "eval_val_fold0" / "summary.json").read_text())

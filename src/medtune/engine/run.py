@@ -217,10 +217,11 @@ class AdapterExtra:
     """The `extra` of adapter folders: what prediction needs without the dataset (picklable,
     for `ddp_spawn`)."""
 
-    def __init__(self, dataset_props: dict[str, Any], crop_size, sw_overlap: float):
+    def __init__(self, dataset_props: dict[str, Any], crop_size, sw_overlap: float, seed: int = 0):
         self.dataset_props = dataset_props
         self.crop_size = [int(c) for c in crop_size]
         self.sw_overlap = float(sw_overlap)
+        self.seed = int(seed)  # rebuilds a randomly initialised frozen backbone
 
     def __call__(self, module) -> dict[str, Any]:
         done = [h["epoch"] for h in module.history if "train_loss" in h]
@@ -228,6 +229,7 @@ class AdapterExtra:
             "dataset": self.dataset_props,
             "crop_size": self.crop_size,
             "sw_overlap": self.sw_overlap,
+            "seed": self.seed,
             "epochs_trained": max(done, default=0),
             "best": module.best,
         }
@@ -354,7 +356,7 @@ def _fit(cfg, out: Path, resume: bool, callbacks, module, datamodule, counts, t0
     accelerator = tc.accelerator
     model_config = to_dict(cfg.model)
     adapter_extra = AdapterExtra(
-        {k: props.get(k) for k in PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap
+        {k: props.get(k) for k in PROPS_KEYS}, cfg.data.crop_size, tc.sw_overlap, tc.seed
     )
     checkpointer = RunCheckpointer(out, tc.checkpoint_every_n_steps, model_config, adapter_extra)
     trainer = pl.Trainer(
