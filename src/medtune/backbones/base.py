@@ -155,6 +155,24 @@ def stage_of_points(points: list[InsertionPoint]) -> dict[int, list[InsertionPoi
     return out
 
 
+def select_stages(
+    points: list[InsertionPoint], wanted: tuple[int, ...] | None, what: str
+) -> dict[int, list[InsertionPoint]]:
+    """The insertion points of the `wanted` stages (None: all), grouped by stage, in order.
+
+    A stage the backbone does not have raises, naming the config field `what`.
+    """
+    stages = stage_of_points(points)
+    if wanted is None:
+        return stages
+    unknown = set(wanted) - set(stages)
+    if unknown:
+        raise MedtuneInputError(
+            f"{what}: stages {sorted(unknown)} do not exist; this backbone has stages 0..{len(stages) - 1}"
+        )
+    return {s: pts for s, pts in stages.items() if s in set(wanted)}
+
+
 def fold_slices(x: torch.Tensor) -> torch.Tensor:
     """Volume `(B, C, D, H, W)` -> slices `(B*D, C, H, W)` (slice-major within each volume)."""
     b, c, d, h, w = x.shape

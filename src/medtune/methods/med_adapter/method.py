@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from medtune.backbones.base import stage_of_points
+from medtune.backbones.base import select_stages
 from medtune.errors import MedtuneInputError
 from medtune.methods.base import TuningMethod, register_method
 from medtune.methods.med_adapter.config import MedAdapterConfig
@@ -33,20 +33,10 @@ class MedTuning(TuningMethod):
                 "med_adapter.train_depth is not set (it defaults to data.crop_size[0])"
             )
         backbone = model.backbone
-        stages = stage_of_points(backbone.insertion_points)
-        wanted = set(stages) if cfg.stages is None else set(cfg.stages)
-        unknown = wanted - set(stages)
-        if unknown:
-            raise MedtuneInputError(
-                f"med_adapter.stages: stages {sorted(unknown)} do not exist; this backbone has stages 0..{len(stages) - 1}"
-            )
+        stages = select_stages(backbone.insertion_points, cfg.stages, "med_adapter.stages")
         stage0_ratio = backbone.stage_hidden_info().get("stage0_ratio", 1)
-        prev: tuple[int, int] | None = (
-            None  # (hidden, stride) of the last stage end with an adapter
-        )
-        for s, points in stages.items():
-            if s not in wanted:
-                continue
+        prev: tuple[int, int] | None = None  # (hidden, stride) of the last adapted stage end
+        for points in stages.values():
             for p in points:
                 hid = self.hidden(p.channels)
                 inter = None

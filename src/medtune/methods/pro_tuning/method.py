@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from medtune.backbones.base import stage_of_points
-from medtune.errors import MedtuneInputError
+from medtune.backbones.base import select_stages
 from medtune.methods.base import TuningMethod, register_method
 from medtune.methods.pro_tuning.config import ProTuningConfig
 from medtune.methods.pro_tuning.layer import StagePrompt, StashStageInput
@@ -22,16 +21,8 @@ class ProTuning(TuningMethod):
     def insert(self, model: nn.Module) -> None:
         cfg: ProTuningConfig = self.config
         backbone = model.backbone
-        stages = stage_of_points(backbone.insertion_points)
-        wanted = set(stages) if cfg.stages is None else set(cfg.stages)
-        unknown = wanted - set(stages)
-        if unknown:
-            raise MedtuneInputError(
-                f"pro_tuning.stages: stages {sorted(unknown)} do not exist; this backbone has stages 0..{len(stages) - 1}"
-            )
+        stages = select_stages(backbone.insertion_points, cfg.stages, "pro_tuning.stages")
         for s, points in stages.items():
-            if s not in wanted:
-                continue
             first, last = points[0], points[-1]
             key = None
             if backbone.family != "cnn":
