@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,21 @@ from medtune.data.phantoms import write_phantoms
 from medtune.data.preprocess import preprocess_dataset
 
 SHAPE = (32, 48, 48)  # (D, H, W)
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def tree_hash():
+    """A hash of a folder's file names and bytes: equal before and after means nothing written."""
+    return _tree_hash
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,4 @@
 import gzip
-import hashlib
 import json
 import re
 import shutil
@@ -12,15 +11,6 @@ import pytest
 from medtune.cli import main
 
 LINE = re.compile(r"^\S+ \S+: expected .+, found .+$")
-
-
-def _snapshot(root: Path) -> str:
-    h = hashlib.sha1()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _img(root: Path, name: str):
@@ -149,15 +139,15 @@ def test_clean_dataset_passes(brats_root, capsys):
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=[b.__name__ for b in BREAKERS])
-def test_each_problem_is_one_line_exit_2_nothing_written(brats_copy, capsys, breaker):
+def test_each_problem_is_one_line_exit_2_nothing_written(brats_copy, capsys, breaker, tree_hash):
     expected = breaker(brats_copy)
-    before = _snapshot(brats_copy)
+    before = tree_hash(brats_copy)
     assert main(["check-data", str(brats_copy)]) == 2
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines, "no problem reported"
     assert all(LINE.match(line) for line in lines), lines
     assert any(line.startswith(expected) for line in lines), lines
-    assert _snapshot(brats_copy) == before  # nothing written
+    assert tree_hash(brats_copy) == before  # nothing written
 
 
 def test_several_problems_all_reported(brats_copy, capsys):

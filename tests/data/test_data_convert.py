@@ -1,4 +1,3 @@
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,15 +28,6 @@ def _seg(values):
     return a
 
 
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha1()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def _brats_old(root: Path, ending=".nii.gz"):
     """BraTS 2020 layout with HGG/LGG folders, .nii files and case 355's misnamed label."""
     for grade, cid in (
@@ -56,15 +46,15 @@ def _brats_old(root: Path, ending=".nii.gz"):
     return root
 
 
-def test_brats2020_maps_et_4_to_3_and_handles_case_355(tmp_path, capsys):
+def test_brats2020_maps_et_4_to_3_and_handles_case_355(tmp_path, capsys, tree_hash):
     src = _brats_old(tmp_path / "MICCAI_BraTS2020_TrainingData", ending=".nii")
-    before = _tree_hash(src)
+    before = tree_hash(src)
     assert (
         main(["convert", "--format", "brats", "--src", str(src), "--out", str(tmp_path / "out")])
         == 0
     )
     assert "BraTS 2020" in capsys.readouterr().out
-    assert _tree_hash(src) == before  # source untouched
+    assert tree_hash(src) == before  # source untouched
     info = load_dataset(tmp_path / "out")
     assert info.file_ending == ".nii"
     assert [c.case_id for c in info.cases] == [
