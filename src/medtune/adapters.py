@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medtune.atomic import atomic_write
 from medtune.errors import MedtuneInputError
 
 CONFIG_NAME = "adapter_config.json"
@@ -107,16 +108,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _model_config_dict(model_config: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
         from medtune.configbase import to_dict
@@ -169,7 +160,7 @@ def save_adapter(
             t = t.to(torch.float16)
         tensors[key] = t.contiguous().clone()
     meta = {"format": FORMAT, "method": method.name}
-    _write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
 
     counts = count_parameters(model)
     backbone = model.backbone
@@ -199,7 +190,7 @@ def save_adapter(
         "extra": extra or {},
     }
     text = json.dumps(config, indent=2) + "\n"
-    _write_atomic(out / CONFIG_NAME, lambda p: p.write_text(text))
+    atomic_write(out / CONFIG_NAME, lambda p: p.write_text(text))
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from medtune.atomic import atomic_write_text
 from medtune.errors import MedtuneInputError
 
 C = TypeVar("C")
@@ -123,7 +124,4 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 def dump_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

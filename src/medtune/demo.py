@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medtune.atomic import atomic_write, atomic_write_text
 from medtune.configbase import dump_yaml
 
 METHODS = ("med_adapter", "head", "full")
@@ -159,6 +160,14 @@ def otsu_baseline(test_root: Path) -> dict[str, float]:
     return {"WT/dice": float(np.mean(dice)), "WT/hd95": float(np.mean(hd))}
 
 
+def _savefig(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def _plot_dice_vs_params(rows: list[dict[str, Any]], regions: list[str], path: Path) -> None:
     import matplotlib
 
@@ -176,10 +185,7 @@ def _plot_dice_vs_params(rows: list[dict[str, Any]], regions: list[str], path: P
     ax.set_title("Dice against tuned parameters")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _savefig(fig, path)
 
 
 def _plot_overlay(image: Path, label: Path, pred: Path, path: Path) -> None:
@@ -210,10 +216,7 @@ def _plot_overlay(image: Path, label: Path, pred: Path, path: Path) -> None:
         ax.axis("off")
     fig.suptitle("FLAIR; red NCR, green ED, yellow ET")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _savefig(fig, path)
 
 
 def _report(
@@ -261,9 +264,7 @@ def _report(
         "",
     ]
     report = "\n".join(text)
-    tmp = out / "report.md.tmp"
-    tmp.write_text(report)
-    os.replace(tmp, out / "report.md")
+    atomic_write_text(out / "report.md", report)
     return "\n".join(lines)
 
 

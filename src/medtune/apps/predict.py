@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from medtune.apps.loading import Predictor, load_predictor
+from medtune.atomic import atomic_write
 from medtune.errors import MedtuneInputError
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -237,14 +238,7 @@ def write_like(data: np.ndarray, reference: Path, path: Path, description: str) 
     img.header["descrip"] = description[:79].encode()
     if data.ndim == 3:
         img.header["intent_code"] = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def predict_case(

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from medtune.atomic import atomic_write_text
 from medtune.errors import MedtuneInputError
 
 PER_CASE_CSV = "per_case.csv"
@@ -92,19 +93,6 @@ def summarize(per_case_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "n": int(len(values)),
         }
     return {"n_cases": len(per_case_rows), "metrics": metrics}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -187,7 +175,7 @@ def write_reports(
         "summary_json": out / SUMMARY_JSON,
         "summary_md": out / SUMMARY_MD,
     }
-    _atomic_write(paths["per_case"], _csv_text(per_case_rows))
-    _atomic_write(paths["summary_json"], json.dumps(summary, indent=2, default=str) + "\n")
-    _atomic_write(paths["summary_md"], _markdown(summary))
+    atomic_write_text(paths["per_case"], _csv_text(per_case_rows))
+    atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(paths["summary_md"], _markdown(summary))
     return paths
