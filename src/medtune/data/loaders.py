@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medtune.data.config import DataConfig
-from medtune.data.preprocess import load_case
+from medtune.data.preprocess import load_case_arrays
 from medtune.errors import MedtuneInputError
 
 
@@ -40,8 +40,8 @@ class TrainCropDataset(Dataset):
         self.cfg = cfg
         self.seed = int(seed)
         self.length = int(cfg.samples_per_epoch or len(self.case_ids))
-        for cid in self.case_ids[:1]:
-            load_case(self.cache, cid)  # fail early on a missing cache
+        if self.case_ids:
+            load_case_arrays(self.cache, self.case_ids[0])  # fail early on a missing cache
 
     def __len__(self) -> int:
         return self.length
@@ -58,7 +58,7 @@ class TrainCropDataset(Dataset):
 
     def arrays(self, case_id: str):
         """(image (C, D, H, W), label (D, H, W), foreground samples (N, 4)), memory-mapped."""
-        img, lab, _ = load_case(self.cache, case_id)
+        img, lab = load_case_arrays(self.cache, case_id)
         fg_file = self.cache / "cases" / f"{case_id}_fg.npy"
         fg = np.load(fg_file) if self.cfg.foreground_prob > 0 else np.zeros((0, 4), np.int32)
         return img, lab, fg
@@ -131,7 +131,7 @@ class VolumeDataset(Dataset):
         return len(self.case_ids)
 
     def __getitem__(self, i: int) -> dict:
-        img, lab, _ = load_case(self.cache, self.case_ids[i], mmap=False)
+        img, lab = load_case_arrays(self.cache, self.case_ids[i], mmap=False)
         return {
             "image": torch.from_numpy(img),
             "label": torch.from_numpy(lab.astype(np.int64)),

@@ -343,18 +343,32 @@ def ensure_cache(
     )
 
 
-def load_case(cache: str | Path, case_id: str, mmap: bool = True):
-    """(image (C, D, H, W) float32, label (D, H, W) uint8, meta) of a cached case."""
+def _missing_case(exc: FileNotFoundError, case_id: str) -> MedtuneInputError:
+    return MedtuneInputError(
+        f"{exc.filename}: expected a cached case '{case_id}', found none (run medtune preprocess)"
+    )
+
+
+def load_case_arrays(cache: str | Path, case_id: str, mmap: bool = True):
+    """(image (C, D, H, W) float32, label (D, H, W) uint8) of a cached case, without its meta
+    (what the loaders need for every crop)."""
     base = Path(cache) / "cases"
     mode = "r" if mmap else None
     try:
         img = np.load(base / f"{case_id}.npy", mmap_mode=mode, allow_pickle=False)
         lab = np.load(base / f"{case_id}_seg.npy", mmap_mode=mode, allow_pickle=False)
-        meta = json.loads((base / f"{case_id}.json").read_text())
     except FileNotFoundError as exc:
-        raise MedtuneInputError(
-            f"{exc.filename}: expected a cached case '{case_id}', found none (run medtune preprocess)"
-        ) from None
+        raise _missing_case(exc, case_id) from None
+    return img, lab
+
+
+def load_case(cache: str | Path, case_id: str, mmap: bool = True):
+    """(image (C, D, H, W) float32, label (D, H, W) uint8, meta) of a cached case."""
+    img, lab = load_case_arrays(cache, case_id, mmap)
+    try:
+        meta = json.loads((Path(cache) / "cases" / f"{case_id}.json").read_text())
+    except FileNotFoundError as exc:
+        raise _missing_case(exc, case_id) from None
     return img, lab, meta
 
 
