@@ -85,15 +85,17 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def backbone_hash(model: nn.Module) -> str:
+def backbone_hash(model: nn.Module, frozen: dict[str, torch.Tensor] | None = None) -> str:
     """SHA-256 over the frozen backbone tensors: canonical names (sorted), dtypes, shapes, bytes.
 
     Identical for every parameter-efficient method on the same pre-trained weights (wrappers do
     not change canonical names); for `full`/`scratch` nothing is frozen and the hash is that of
-    the empty set.
+    the empty set. `frozen`: `frozen_backbone_tensors(model)` when the caller already has it.
     """
+    if frozen is None:
+        frozen = frozen_backbone_tensors(model)
     h = hashlib.sha256()
-    for name, t in sorted(frozen_backbone_tensors(model).items()):
+    for name, t in sorted(frozen.items()):
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
         if t.numel():
             h.update(_tensor_bytes(t))
@@ -126,9 +128,12 @@ def save_adapter(
     model_config: dict[str, Any],
     half: bool = False,
     extra: dict[str, Any] | None = None,
+    backbone_sha256: str | None = None,
 ) -> Path:
     """Write `adapter_config.json` + `adapter_model.safetensors` for a tuned `SegModel` into
-    `out_dir` (created); returns the folder. `half`: store floating tensors as float16."""
+    `out_dir` (created); returns the folder. `half`: store floating tensors as float16.
+    `backbone_sha256`: `backbone_hash(model)` when the caller already knows it (training saves
+    an adapter every epoch; the frozen backbone, and so its hash, never changes in a run)."""
     from safetensors.torch import save_file
 
     from medtune import __version__
@@ -163,6 +168,7 @@ def save_adapter(
     atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
 
     counts = count_parameters(model)
+    frozen = frozen_backbone_tensors(model)
     backbone = model.backbone
     config = {
         "format": FORMAT,
@@ -177,8 +183,8 @@ def save_adapter(
             "in_chans": backbone.in_chans,
             "img_size": backbone.img_size,
         },
-        "backbone_sha256": backbone_hash(model),
-        "whole_model": not frozen_backbone_tensors(model),
+        "backbone_sha256": backbone_sha256 or backbone_hash(model, frozen),
+        "whole_model": not frozen,
         "num_classes": model.num_classes,
         "parameters": counts.as_dict(),
         "weights": {

@@ -61,7 +61,11 @@ def clean_temporary(folder: Path) -> None:
 
 
 def write_adapter(
-    model: SegModel, out: Path, model_config: dict[str, Any], extra: dict[str, Any]
+    model: SegModel,
+    out: Path,
+    model_config: dict[str, Any],
+    extra: dict[str, Any],
+    backbone_sha256: str | None = None,
 ) -> Path:
     """Save the adapter-only folder `out` via a temporary folder swapped in by renames."""
     from medtune.adapters import save_adapter
@@ -71,7 +75,9 @@ def write_adapter(
     old = out.with_name(f".tmp-old-{os.getpid()}-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_adapter(model, tmp, model_config=model_config, extra=extra)
+    save_adapter(
+        model, tmp, model_config=model_config, extra=extra, backbone_sha256=backbone_sha256
+    )
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -104,6 +110,15 @@ class RunCheckpointer(Checkpoint):
         self.model_config = model_config
         self.adapter_extra = adapter_extra
         self._last_step_saved = -1
+        self._backbone_sha256: str | None = None
+
+    def backbone_sha256(self, model: SegModel) -> str:
+        """The frozen backbone's hash, computed at the first adapter save of the run only."""
+        if self._backbone_sha256 is None:
+            from medtune.adapters import backbone_hash
+
+            self._backbone_sha256 = backbone_hash(model)
+        return self._backbone_sha256
 
     @property
     def last_ckpt(self) -> Path:
@@ -117,7 +132,11 @@ class RunCheckpointer(Checkpoint):
     def save_adapter(self, module: pl.LightningModule, name: str, trainer: pl.Trainer) -> None:
         if trainer.is_global_zero:
             write_adapter(
-                module.model, self.run_dir / name, self.model_config, self.adapter_extra(module)
+                module.model,
+                self.run_dir / name,
+                self.model_config,
+                self.adapter_extra(module),
+                self.backbone_sha256(module.model),
             )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

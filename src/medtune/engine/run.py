@@ -416,7 +416,13 @@ def _fit(cfg, out: Path, resume: bool, callbacks, module, datamodule, counts, t0
         "world_size": trainer.world_size,
     }
     if trainer.is_global_zero:
-        write_adapter(model, out / "adapter_last", model_config, adapter_extra(module))
+        write_adapter(
+            model,
+            out / "adapter_last",
+            model_config,
+            adapter_extra(module),
+            checkpointer.backbone_sha256(model),
+        )
         if not (out / "adapter" / "adapter_config.json").is_file():
             shutil.copytree(out / "adapter_last", out / ".tmp-adapter", dirs_exist_ok=True)
             os.replace(out / ".tmp-adapter", out / "adapter")
