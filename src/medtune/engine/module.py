@@ -28,6 +28,7 @@ from torch import nn
 from medtune.engine.config import TrainConfig
 from medtune.engine.data import ResumableLoader
 from medtune.errors import MedtuneInputError
+from medtune.evaluation.metrics import region_dice
 from medtune.model import SegModel
 
 
@@ -67,16 +68,6 @@ def effective_warmup_epochs(cfg: TrainConfig) -> int:
     if cfg.warmup_epochs >= cfg.max_epochs:
         return cfg.max_epochs // 5
     return cfg.warmup_epochs
-
-
-def region_dice(pred: np.ndarray, gt: np.ndarray, regions: dict[str, list[int]]) -> list[float]:
-    """Dice per region of label maps `(D, H, W)`; both empty -> 1, one empty -> 0."""
-    out = []
-    for labels in regions.values():
-        p, g = np.isin(pred, labels), np.isin(gt, labels)
-        n = int(p.sum()) + int(g.sum())
-        out.append(1.0 if n == 0 else 2.0 * int(np.logical_and(p, g).sum()) / n)
-    return out
 
 
 def _rng_state() -> dict[str, Any]:

@@ -140,6 +140,17 @@ def _surface_metrics(
     return float(hd95.item()), float(nsd.item())
 
 
+def dice_score(p: np.ndarray, g: np.ndarray) -> float:
+    """Dice of two boolean masks; both empty -> 1, exactly one empty -> 0."""
+    n = int(p.sum()) + int(g.sum())
+    return 1.0 if n == 0 else 2.0 * int(np.logical_and(p, g).sum()) / n
+
+
+def region_dice(pred: np.ndarray, gt: np.ndarray, regions: dict[str, list[int]]) -> list[float]:
+    """Dice per region (union of labels) of label maps `(D, H, W)`, in `regions` order."""
+    return [dice_score(np.isin(pred, labels), np.isin(gt, labels)) for labels in regions.values()]
+
+
 def compute_case_metrics(
     pred: ArrayLike,
     gt: ArrayLike,
@@ -200,7 +211,7 @@ def compute_case_metrics(
         elif n_p == 0 or n_g == 0:
             out[name] = {"dice": 0.0, "hd95": diagonal, "nsd": 0.0}
         else:
-            dice = 2.0 * int(np.logical_and(p, g).sum()) / (n_p + n_g)
+            dice = dice_score(p, g)
             hd95, nsd = _surface_metrics(p, g, spacing_t, float(nsd_tolerance_mm))
             out[name] = {"dice": dice, "hd95": hd95, "nsd": nsd}
     if mean_region is not None:
