@@ -71,7 +71,7 @@ def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Build and validate an experiment config from a nested dict."""
     return from_dict(ExperimentConfig, data, "")
 

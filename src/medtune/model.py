@@ -24,7 +24,6 @@ from medtune.backbones import (
     fold_slices,
     unfold_slices,
 )
-from medtune.configbase import to_dict
 from medtune.decoders import DecoderConfig, create_decoder
 from medtune.errors import MedtuneInputError
 from medtune.methods import TuningMethod, create_method
@@ -118,8 +117,3 @@ def build_model(
     method.apply(model)
     model.train()
     return model
-
-
-def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
-    """Plain-dict form of a model config."""
-    return to_dict(cfg)

@@ -66,7 +66,7 @@ class SliceBackbone(nn.Module):
     """Base class of the backbone families; subclasses implement `forward_features`.
 
     Attributes set by subclasses: `family`, `timm_name`, `model` (the timm module),
-    `in_chans`, `img_size`, `insertion_points`, `feature_info`, `stage_channels`.
+    `in_chans`, `img_size`, `insertion_points`, `feature_info`.
     """
 
     family: str = ""
@@ -129,10 +129,6 @@ class SliceBackbone(nn.Module):
     def size_divisor(self) -> int:
         """Slice sizes must be multiples of this."""
         return max(f.stride for f in self.feature_info)
-
-    def frozen_prefixes(self) -> list[str]:
-        """Parameter-name prefixes (relative to `model`) that PEFT methods keep frozen."""
-        raise NotImplementedError
 
     def tuned_extra_names(self) -> list[str]:
         """Names (relative to this module) of encoder parameters the paper tunes with the head."""

@@ -68,7 +68,6 @@ class CNNSliceBackbone(SliceBackbone):
             InsertionPoint(k, f.channels, f.stride, k, True)
             for k, f in enumerate(self.feature_info)
         ]
-        self.stage_channels = [f.channels for f in self.feature_info]
 
     def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
         feats = []
@@ -80,9 +79,6 @@ class CNNSliceBackbone(SliceBackbone):
                     x = self.run_post(k, x.permute(0, 2, 3, 1), ctx).permute(0, 3, 1, 2)
                 feats.append(x)
         return feats
-
-    def frozen_prefixes(self) -> list[str]:
-        return [""]  # the whole CNN
 
     def input_conv_name(self) -> str:
         first = self._run_names[0]

@@ -25,13 +25,11 @@ class SwinSliceBackbone(SliceBackbone):
         idx = 0
         self.stage_channels: list[int] = []
         self.stage_heads: list[int] = []
-        self.stage_depths: list[int] = []
         for s, layer in enumerate(model.layers):
             dim = layer.blocks[0].norm1.normalized_shape[0]
             stride = self.patch * 2**s
             self.stage_channels.append(dim)
             self.stage_heads.append(layer.blocks[0].attn.num_heads)
-            self.stage_depths.append(len(layer.blocks))
             for b in range(len(layer.blocks)):
                 self.insertion_points.append(
                     InsertionPoint(idx, dim, stride, s, b == len(layer.blocks) - 1)
@@ -71,14 +69,6 @@ class SwinSliceBackbone(SliceBackbone):
         x = m.norm(x)
         feats.append(x.permute(0, 3, 1, 2))
         return feats
-
-    def frozen_prefixes(self) -> list[str]:
-        prefixes = ["patch_embed."]
-        for s, layer in enumerate(self.model.layers):
-            prefixes.append(f"layers.{s}.blocks.")
-            if not isinstance(layer.downsample, nn.Identity):
-                prefixes.append(f"layers.{s}.downsample.")
-        return prefixes
 
     def tuned_extra_names(self) -> list[str]:
         return [f"model.norm.{n}" for n, _ in self.model.norm.named_parameters()]

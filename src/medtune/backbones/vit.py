@@ -47,7 +47,6 @@ class ViTSliceBackbone(SliceBackbone):
             if i in ends:
                 stage += 1
         self.feature_info = [FeatureInfo(dim, self.patch) for _ in self.feature_blocks]
-        self.num_heads = model.blocks[0].attn.num_heads
 
     @property
     def size_divisor(self) -> int:
@@ -76,9 +75,6 @@ class ViTSliceBackbone(SliceBackbone):
             tokens = grid.reshape(n, h * w, -1)
             x = torch.cat([x[:, :extra], tokens], dim=1) if extra else tokens
         return feats
-
-    def frozen_prefixes(self) -> list[str]:
-        return ["patch_embed.", "blocks."]
 
     def tuned_extra_names(self) -> list[str]:
         names = []
