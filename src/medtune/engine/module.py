@@ -162,7 +162,8 @@ class SegTrainModule(pl.LightningModule):
         logits = self.model(image)
         loss = self.loss_fn(logits, label[:, None])
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=image.shape[0])
-        self._epoch_loss[0] += float(loss.detach())
+        # a device tensor: no host sync per step; read once per epoch (and per checkpoint)
+        self._epoch_loss[0] = self._epoch_loss[0] + loss.detach()
         self._epoch_loss[1] += 1
         return loss
 
@@ -171,7 +172,7 @@ class SegTrainModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         total, n = self._epoch_loss
-        t = torch.tensor([total, float(n)], dtype=torch.float64, device=self.device)
+        t = torch.tensor([float(total), float(n)], dtype=torch.float64, device=self.device)
         t = self.trainer.strategy.reduce(t, reduce_op="sum")
         mean = float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
         self.log("train/epoch_loss", mean, sync_dist=False)
@@ -262,7 +263,7 @@ class SegTrainModule(pl.LightningModule):
             "rng": _rng_state(),
             "best": self.best,
             "history": self.history,
-            "epoch_loss": list(self._epoch_loss),
+            "epoch_loss": [float(self._epoch_loss[0]), self._epoch_loss[1]],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
