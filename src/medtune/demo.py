@@ -135,16 +135,19 @@ def _train(method: str, plan: DemoPlan, data_root: Path, out: Path) -> dict[str,
     return json.loads((run_dir / "train_summary.json").read_text())
 
 
-def otsu_baseline(test_root: Path) -> dict[str, float]:
+def _flair_index(info) -> int:
+    """Index of the FLAIR channel of a dataset."""
+    return next(i for i, n in enumerate(info.channel_names) if "flair" in n.lower())
+
+
+def otsu_baseline(info) -> dict[str, float]:
     """Whole-tumour Dice / HD95 of an Otsu threshold of FLAIR inside the head (no learning)."""
     import nibabel as nib
     from skimage.filters import threshold_otsu
 
-    from medtune.data.dataset import load_dataset
     from medtune.evaluation.metrics import compute_case_metrics
 
-    info = load_dataset(test_root)
-    flair = next(i for i, n in enumerate(info.channel_names) if "flair" in n.lower())
+    flair = _flair_index(info)
     wt = info.regions.get("WT") or sorted(v for v in info.labels.values() if v)
     dice, hd = [], []
     for case in info.cases:
@@ -315,8 +318,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
             }
         )
     _say("non-learned baseline: Otsu threshold of FLAIR (whole tumour)")
-    otsu = otsu_baseline(test_root)
     info = load_dataset(test_root)
+    otsu = otsu_baseline(info)
     case = info.cases[0]
     _say(f"predicting held-out case {case.case_id} with the Med-Tuning run")
     pred_dir = out / "prediction"
@@ -329,7 +332,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
         progress=False,
         sw_batch_size=4,
     )
-    flair = next(i for i, n in enumerate(info.channel_names) if "flair" in n.lower())
+    flair = _flair_index(info)
     _plot_overlay(case.images[flair], case.label, preds[0], out / "overlay.png")
     _plot_dice_vs_params(rows, regions, out / "dice_vs_params.png")
     wall = time.time() - t0

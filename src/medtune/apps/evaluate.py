@@ -151,8 +151,11 @@ def evaluate_predictor(
     nsd_tolerance_mm: float = 1.0,
     summary_extra: dict[str, Any] | None = None,
     progress: bool = True,
+    info=None,
 ) -> dict[str, Any]:
     """Evaluate `predictor` on `case_ids` (default: every labelled case) of dataset `data_dir`.
+
+    `info`: the `DatasetInfo` of `data_dir` when the caller has already loaded it.
 
     Writes `per_case.csv`, `summary.json` and `summary.md` into `out` when given. Returns the
     summary (`medtune.evaluation.summarize` format plus the protocol keys, and `out_dir`).
@@ -173,9 +176,12 @@ def evaluate_predictor(
             f"--nsd-tolerance: expected a number of mm >= 0, found {nsd_tolerance_mm}"
         )
     root = Path(data_dir)
-    if not root.is_dir():
-        raise MedtuneInputError(f"--data {root}: expected a dataset folder, found no such folder")
-    info = load_dataset(root)
+    if info is None:
+        if not root.is_dir():
+            raise MedtuneInputError(
+                f"--data {root}: expected a dataset folder, found no such folder"
+            )
+        info = load_dataset(root)
     _check_dataset(info, predictor)
     et_nc = _brats_labels(info) if postprocess == "brats" else None
     ids = list(case_ids) if case_ids is not None else [c.case_id for c in info.cases]
@@ -306,4 +312,5 @@ def evaluate_run(
         nsd_tolerance_mm=nsd_tolerance_mm,
         summary_extra={"run_dir": str(run.resolve()), "split": split, "fold": fold},
         progress=progress,
+        info=info,
     )
