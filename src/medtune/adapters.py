@@ -70,14 +70,23 @@ def adapter_tensor_names(model: nn.Module) -> list[str]:
     return out
 
 
+def frozen_backbone_keys(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, str]:
+    """State-dict key -> canonical name of every backbone entry the adapter does not hold.
+
+    `state`: `model.state_dict(keep_vars=True)` when the caller already has it.
+    """
+    held = set(adapter_tensor_names(model))
+    if state is None:
+        state = model.state_dict(keep_vars=True)
+    return {k: canonical_name(k) for k in state if k.startswith("backbone.") and k not in held}
+
+
 def frozen_backbone_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Canonical name -> tensor for every backbone state-dict entry the adapter does not hold."""
-    held = set(adapter_tensor_names(model))
-    out: dict[str, torch.Tensor] = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if key.startswith("backbone.") and key not in held:
-            out[canonical_name(key)] = t
-    return out
+    state = model.state_dict(keep_vars=True)
+    return {canon: state[key] for key, canon in frozen_backbone_keys(model, state).items()}
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -24,11 +24,10 @@ from torch import nn
 from medtune.adapters import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    adapter_tensor_names,
     backbone_hash,
     build_from_config,
-    canonical_name,
     check_backbone,
+    frozen_backbone_keys,
     frozen_backbone_tensors,
     load_adapter,
     load_adapter_state,
@@ -44,12 +43,8 @@ def tie_backbone(model: nn.Module, shared: Mapping[str, torch.Tensor], where: st
     The frozen tensors of `model` must be exactly the shared names with the same shapes and
     dtypes; anything else means another backbone architecture and raises naming `where`.
     """
-    held = set(adapter_tensor_names(model))
-    frozen = {
-        key: canonical_name(key)
-        for key, _ in model.state_dict(keep_vars=True).items()
-        if key.startswith("backbone.") and key not in held
-    }
+    state = model.state_dict(keep_vars=True)
+    frozen = frozen_backbone_keys(model, state)
     names = set(frozen.values())
     if names != set(shared):
         extra, missing = sorted(names - set(shared)), sorted(set(shared) - names)
@@ -58,7 +53,6 @@ def tie_backbone(model: nn.Module, shared: Mapping[str, torch.Tensor], where: st
             f"(only in this adapter's model: {extra[:3]}, only in the shared one: {missing[:3]}); "
             "tasks must use the same backbone preset, in_chans and img_size"
         )
-    state = model.state_dict(keep_vars=True)
     for key, canon in frozen.items():
         src, dst = shared[canon], state[key]
         if src.shape != dst.shape or src.dtype != dst.dtype:
@@ -83,6 +77,7 @@ class MultiTaskModel(nn.Module):
         self.tasks = nn.ModuleDict()
         self.active: str | None = None
         self.backbone_sha256: str | None = None
+        self._shared_tensors: dict[str, torch.Tensor] | None = None  # canonical name -> tensor
 
     # --- building -------------------------------------------------------------------------
     @classmethod
@@ -113,13 +108,13 @@ class MultiTaskModel(nn.Module):
                 load_backbone_weights=load_backbone_weights,
             )
             bank.backbone_sha256 = config["backbone_sha256"]
+            bank._shared_tensors = frozen_backbone_tensors(model)
             bank._add(name, model)
         else:
-            bank.backbone_sha256 = backbone_hash(base)
-            bank._shared_source = frozen_backbone_tensors(base)
+            bank._shared_tensors = frozen_backbone_tensors(base)
+            bank.backbone_sha256 = backbone_hash(base, bank._shared_tensors)
         for name, path in items:
             bank.add_task(name, path, allow_backbone_mismatch=allow_backbone_mismatch)
-        bank.__dict__.pop("_shared_source", None)
         return bank
 
     def _check_shareable(self, adapter_dir: str | os.PathLike) -> dict:
@@ -131,13 +126,6 @@ class MultiTaskModel(nn.Module):
                 "load it alone with load_adapter"
             )
         return config
-
-    def _shared(self) -> dict[str, torch.Tensor]:
-        source = self.__dict__.get("_shared_source")
-        if source is not None:
-            return source
-        first = next(iter(self.tasks.values()))
-        return frozen_backbone_tensors(first)
 
     def _add(self, name: str, model: nn.Module) -> None:
         model.eval()
@@ -158,7 +146,7 @@ class MultiTaskModel(nn.Module):
         check_backbone(config, self.backbone_sha256, adapter_dir, allow_backbone_mismatch)
         tensors = read_adapter_tensors(adapter_dir, config)
         model = build_from_config(config, load_backbone_weights=False)
-        tie_backbone(model, self._shared(), str(Path(adapter_dir) / CONFIG_NAME))
+        tie_backbone(model, self._shared_tensors, str(Path(adapter_dir) / CONFIG_NAME))
         load_adapter_state(model, tensors, str(Path(adapter_dir) / WEIGHTS_NAME))
         self._add(name, model)
 
