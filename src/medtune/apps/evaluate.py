@@ -28,7 +28,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medtune.apps.loading import Predictor, load_predictor
+from medtune.apps.loading import Predictor, load_predictor, restore_labels
 from medtune.errors import MedtuneInputError
 
 SPLITS = ("val", "train", "all")
@@ -125,19 +125,9 @@ def predict_case_labels(
 ) -> np.ndarray:
     """Predicted label map of one case, in the dataset's label values, on the input file's voxel
     grid `(X, Y, Z)` (crop, resampling and reorientation undone)."""
-    from medtune.data.preprocess import preprocess_image, restore_to_original
-    from medtune.evaluation.inference import probs_to_labels
-
-    image, meta = preprocess_image(
-        image_files if len(image_files) > 1 else image_files[0], predictor.props
-    )
-    probs = predictor.predict_probs(image, tta=tta, progress=progress)
-    del image
-    idx = probs_to_labels(probs)
+    probs, idx, meta = predictor.predict_case(image_files, tta=tta, progress=progress)
     del probs
-    values = predictor.label_values
-    dtype = np.uint8 if values.max() < 256 else np.int32
-    return restore_to_original(values.astype(dtype)[idx], meta)
+    return restore_labels(idx, predictor.label_values, meta)
 
 
 def evaluate_predictor(

@@ -187,6 +187,30 @@ class Predictor:
             progress=progress,
         )
 
+    def predict_case(
+        self, files: list[Path], tta: str = "none", progress: bool = False
+    ) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+        """One case from its image files: probabilities `(K, D, H, W)`, class indices
+        `(D, H, W)` (both in the preprocessed grid) and the meta that maps them back."""
+        from medtune.data.preprocess import preprocess_image
+        from medtune.evaluation.inference import probs_to_labels
+
+        image, meta = preprocess_image(files if len(files) > 1 else files[0], self.props)
+        probs = self.predict_probs(image, tta=tta, progress=progress)
+        del image
+        return probs, probs_to_labels(probs), meta
+
+
+def restore_labels(
+    idx: np.ndarray, values: np.ndarray, meta: dict[str, Any], wide_dtype=np.int32
+) -> np.ndarray:
+    """Class indices `(D, H, W)` -> label `values[idx]` on the input file's voxel grid
+    `(X, Y, Z)`; uint8 when the values fit, else `wide_dtype`."""
+    from medtune.data.preprocess import restore_to_original
+
+    dtype = np.uint8 if values.min() >= 0 and values.max() < 256 else wide_dtype
+    return restore_to_original(values.astype(dtype)[idx], meta)
+
 
 def _run_config(run_dir: Path | None):
     if run_dir is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medtune.apps.loading import Predictor, load_predictor
+from medtune.apps.loading import Predictor, load_predictor, restore_labels
 from medtune.atomic import atomic_write
 from medtune.errors import MedtuneInputError
 
@@ -250,15 +250,9 @@ def predict_case(
     progress: bool = False,
 ) -> list[Path]:
     """Predict one case and write its outputs; returns the written paths (labels first)."""
-    from medtune.data.preprocess import preprocess_image, restore_to_original
-    from medtune.evaluation.inference import probs_to_labels
+    from medtune.data.preprocess import restore_to_original
 
-    image, meta = preprocess_image(
-        case.files if len(case.files) > 1 else case.files[0], predictor.props
-    )
-    probs = predictor.predict_probs(image, tta=tta, progress=progress)
-    del image
-    idx = probs_to_labels(probs)
+    probs, idx, meta = predictor.predict_case(case.files, tta=tta, progress=progress)
     paths = output_paths(out_dir, case.case_id, save_probabilities)
     if save_probabilities:
         restored = restore_to_original(probs.numpy(), meta)  # (K, X, Y, Z)
@@ -272,9 +266,7 @@ def predict_case(
         del restored
     else:
         del probs
-    lut = predictor.source_lut()
-    dtype = np.uint8 if lut.min() >= 0 and lut.max() < 256 else np.int16
-    labels = restore_to_original(lut.astype(dtype)[idx], meta)
+    labels = restore_labels(idx, predictor.source_lut(), meta, wide_dtype=np.int16)
     write_like(labels, case.files[0], paths[0], "medtune predict labels")
     return paths
 
