@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from medtune.config import load_config  # noqa: E402
-from medtune.model import build_model  # noqa: E402
-from medtune.params import count_parameters  # noqa: E402
+from medtune.modeling.model import build_model  # noqa: E402
+from medtune.modeling.params import count_parameters  # noqa: E402
+from medtune.training.config import load_config  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

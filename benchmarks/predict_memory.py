@@ -72,11 +72,11 @@ def write_adapter(folder: Path, channels: int, sw_batch_size: int) -> tuple[Path
     """An untrained demo-kind model saved as an adapter folder (seed 0, random backbone)."""
     import torch
 
-    from medtune.adapters import save_adapter
-    from medtune.config import config_from_dict
-    from medtune.configbase import to_dict
+    from medtune.artifacts.adapters import save_adapter
+    from medtune.core.configbase import to_dict
     from medtune.demo import FULL, demo_config
-    from medtune.model import build_model
+    from medtune.modeling.model import build_model
+    from medtune.training.config import config_from_dict
 
     cfg = config_from_dict(demo_config("med_adapter", FULL, folder))
     model_cfg, crop = cfg.model, list(cfg.data.crop_size)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from medtune.atomic import atomic_write, atomic_write_text
-from medtune.configbase import dump_yaml
+from medtune.core.atomic import atomic_write, atomic_write_text
+from medtune.core.configbase import dump_yaml
 
 METHODS = ("med_adapter", "head", "full")
 
@@ -273,10 +273,10 @@ def _report(
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
     """Run the demo into `out`; returns the path of `report.md`."""
-    from medtune.apps.evaluate import evaluate_run
-    from medtune.apps.predict import predict_files
     from medtune.data.dataset import load_dataset
     from medtune.data.phantoms import write_phantoms
+    from medtune.evaluation.evaluate import evaluate_run
+    from medtune.inference.predict import predict_files
 
     t0 = time.time()
     plan = QUICK if quick else FULL

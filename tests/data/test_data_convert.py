@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from medtune.cli import main
+from medtune.core.errors import MedtuneInputError
 from medtune.data.check import check_dataset
 from medtune.data.convert import convert
 from medtune.data.dataset import load_dataset
 from medtune.data.preprocess import load_case, preprocess_dataset
-from medtune.errors import MedtuneInputError
 
 SHAPE = (6, 7, 5)
 AFF = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
 from medtune.data.loaders import TrainCropDataset, VolumeDataset, make_train_loader, make_val_loader
 from medtune.data.preprocess import load_case
 from medtune.data.splits import get_splits, make_splits
-from medtune.errors import MedtuneInputError
 
 IDS = ["brats_000", "brats_001", "brats_002", "brats_003"]
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from medtune.cli import main
+from medtune.core.errors import MedtuneInputError
 from medtune.data.dataset import load_dataset
 from medtune.data.phantoms import make_phantom, write_phantoms
-from medtune.errors import MedtuneInputError
 
 SHAPE = (32, 48, 48)
 

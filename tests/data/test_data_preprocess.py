@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medtune.cli import main
+from medtune.core.errors import MedtuneInputError
 from medtune.data.io import save_json
 from medtune.data.preprocess import (
     ensure_cache,
@@ -16,7 +17,6 @@ from medtune.data.preprocess import (
     read_props,
     restore_to_original,
 )
-from medtune.errors import MedtuneInputError
 
 
 def _oblique_dataset(root: Path, modality="mri") -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medtune.errors import MedtuneInputError
-from medtune.evaluation.inference import predict_volume, probs_to_labels
+from medtune.core.errors import MedtuneInputError
+from medtune.inference.sliding_window import predict_volume, probs_to_labels
 
 
 def pointwise_model(in_ch=2, classes=3, seed=0):

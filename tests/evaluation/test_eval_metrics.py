@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 from medtune.evaluation.metrics import (
     brats_postprocess,
     compute_case_metrics,

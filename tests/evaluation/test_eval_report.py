@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 from medtune.evaluation.metrics import compute_case_metrics
 from medtune.evaluation.report import case_row, markdown_table, summarize, write_reports
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from infer_helpers import SHAPE, run_config
 
-from medtune.adapters import save_adapter
-from medtune.config import config_from_dict
-from medtune.configbase import dump_yaml, to_dict
+from medtune.artifacts.adapters import save_adapter
+from medtune.core.configbase import dump_yaml, to_dict
 from medtune.data.phantoms import write_phantoms
 from medtune.data.preprocess import ensure_cache, read_props
-from medtune.engine.run import PROPS_KEYS
-from medtune.model import build_model
+from medtune.modeling.model import build_model
+from medtune.training.config import config_from_dict
+from medtune.training.run import PROPS_KEYS
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ import json
 import pytest
 from infer_helpers import PositiveIsClass, brats_props, write_hand_dataset
 
-from medtune.apps import Predictor, evaluate_predictor, select_cases
+from medtune.core.errors import MedtuneInputError
 from medtune.data.dataset import load_dataset
-from medtune.errors import MedtuneInputError
+from medtune.evaluation import evaluate_predictor, select_cases
 from medtune.evaluation.metrics import image_diagonal_mm
+from medtune.inference import Predictor
 
 
 def et_predictor() -> Predictor:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from infer_helpers import PositiveIsClass, box_volume, brats_props, oblique_affine, save
 
-from medtune.apps import Predictor, predict_files
-from medtune.apps.predict import find_cases
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
+from medtune.inference import Predictor, predict_files
+from medtune.inference.predict import find_cases
 
 
 def predictor(cls=1, spacing=None, channels=("A",), window=(8, 16, 16)) -> Predictor:

@@ -10,11 +10,11 @@ import numpy as np
 from infer_helpers import run_config
 
 from medtune.cli import main
-from medtune.config import config_from_dict
+from medtune.training.config import config_from_dict
 
 
 def test_train_then_evaluate_and_predict(phantom_data, tmp_path, capsys):
-    from medtune.engine.run import train_run
+    from medtune.training.run import train_run
 
     data = run_config(phantom_data, tmp_path / "cache")
     data["data"].update(batch_size=1)

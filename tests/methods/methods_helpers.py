@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from medtune.configbase import from_dict, to_dict
-from medtune.model import ModelConfig, build_model
+from medtune.core.configbase import from_dict, to_dict
+from medtune.modeling.model import ModelConfig, build_model
 
 # backbone preset -> decoder section (tiny UPerNet where it fits; cnn_test has 5 levels -> U-Net)
 FAMILIES = {

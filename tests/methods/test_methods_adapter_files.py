@@ -11,7 +11,7 @@ import torch
 from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
 from safetensors.torch import load_file, save_file
 
-from medtune.adapters import (
+from medtune.artifacts.adapters import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     _file_sha256,
@@ -20,7 +20,7 @@ from medtune.adapters import (
     load_adapter,
     save_adapter,
 )
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune.config import load_config
-from medtune.model import build_model
-from medtune.params import count_parameters
+from medtune.modeling.model import build_model
+from medtune.modeling.params import count_parameters
+from medtune.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "brats"
 PAPER = {  # (tuned, inserted) in millions, the spec's table
@@ -47,7 +47,7 @@ def test_paper_counts(backbone, method):
 
 
 def test_every_method_has_configs_for_both_paper_backbones():
-    from medtune.methods import list_methods
+    from medtune.modeling.methods import list_methods
 
     for backbone in PAPER:
         for method in list_methods():

@@ -7,9 +7,9 @@ import torch
 from methods_helpers import seeded_build, tiny_config, volume
 from timm.models.swin_transformer import WindowAttention
 
-from medtune.backbones.base import SliceContext, grid_to_volume, volume_to_grid
-from medtune.methods.st_adapter import STAdapter
-from medtune.methods.vpt import PromptedWindowAttention
+from medtune.modeling.methods.st_adapter import STAdapter
+from medtune.modeling.methods.vpt import PromptedWindowAttention
+from medtune.modeling.slicing import SliceContext, grid_to_volume, volume_to_grid
 
 
 def test_st_adapter_slice_conv_equals_conv3d():

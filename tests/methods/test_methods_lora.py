@@ -8,8 +8,8 @@ import torch
 from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
 from peft.tuners.lora import LoraLayer
 
-from medtune.adapters import save_adapter
-from medtune.errors import MedtuneInputError
+from medtune.artifacts.adapters import save_adapter
+from medtune.core.errors import MedtuneInputError
 
 
 @pytest.mark.parametrize("family", ["vit", "swin"])

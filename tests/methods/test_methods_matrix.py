@@ -8,9 +8,9 @@ import pytest
 import torch
 from methods_helpers import FAMILIES, config_dict, seeded_build, tiny_config, volume
 
-from medtune.adapters import frozen_backbone_tensors, load_adapter, save_adapter
-from medtune.errors import MedtuneInputError
-from medtune.methods import METHODS, list_methods
+from medtune.artifacts.adapters import frozen_backbone_tensors, load_adapter, save_adapter
+from medtune.core.errors import MedtuneInputError
+from medtune.modeling.methods import METHODS, list_methods
 
 CASES = [(m, f) for m in list_methods() for f in FAMILIES]
 
@@ -62,7 +62,7 @@ def test_method_on_family(method, family, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     param_names = {n for n, _ in model.named_parameters()}
     if method not in ("full", "scratch"):
-        from medtune.adapters import canonical_name
+        from medtune.artifacts.adapters import canonical_name
 
         frozen_changed = {k for k in changed if canonical_name(k) in frozen}
         assert not frozen_changed, f"frozen tensors changed: {sorted(frozen_changed)[:3]}"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
 
-from medtune.adapters import load_adapter, save_adapter
-from medtune.errors import MedtuneInputError
-from medtune.multitask import MultiTaskModel
+from medtune.artifacts.adapters import load_adapter, save_adapter
+from medtune.artifacts.multitask import MultiTaskModel
+from medtune.core.errors import MedtuneInputError
 
 TASKS = {"brats": ("adapter", 3, 11), "kits": ("lora", 2, 12), "third": ("vpt_deep", 4, 13)}
 
@@ -80,9 +80,9 @@ def test_from_saved_configs_with_pretrained_file(tmp_path):
     result equals `load_adapter(folder)` alone, which also builds from the saved config."""
     from safetensors.torch import save_file
 
-    from medtune.backbones import BackboneConfig, create_backbone
-    from medtune.configbase import from_dict
-    from medtune.model import ModelConfig, build_model
+    from medtune.core.configbase import from_dict
+    from medtune.modeling.backbones import BackboneConfig, create_backbone
+    from medtune.modeling.model import ModelConfig, build_model
 
     torch.manual_seed(21)
     weights = tmp_path / "vit_test.safetensors"

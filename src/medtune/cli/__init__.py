@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from medtune import __version__
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 COMMAND_MODULES = [
     "medtune.cli.params",

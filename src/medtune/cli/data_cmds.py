@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 
 def _phantoms(args: argparse.Namespace) -> int:

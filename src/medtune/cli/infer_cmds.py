@@ -105,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medtune.apps.evaluate import evaluate_run
+    from medtune.evaluation.evaluate import evaluate_run
     from medtune.evaluation.report import markdown_table
 
     summary = evaluate_run(
@@ -130,7 +130,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from medtune.apps.predict import predict_files
+    from medtune.inference.predict import predict_files
 
     paths = predict_files(
         args.model_dir,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _count(path: Path) -> tuple[str, object]:
-    from medtune.config import load_config
-    from medtune.model import build_model
-    from medtune.params import count_parameters
+    from medtune.modeling.model import build_model
+    from medtune.modeling.params import count_parameters
+    from medtune.training.config import load_config
 
     cfg = load_config(path)
     try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Any
 
-from medtune.errors import MedtuneInputError
+from medtune.core.configbase import parse_override_value
+from medtune.core.errors import MedtuneInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,9 +50,32 @@ def _default_out(name: str, config: Path | None, fold: int) -> Path:
     return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) / f"fold{fold}"
 
 
+def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
+    """`["--train.max_epochs", "5", "--data.fold=1"]` -> `{"train.max_epochs": 5, "data.fold": 1}`."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or "." not in tok.split("=")[0]:
+            raise MedtuneInputError(
+                f"unrecognised argument '{tok}'; config overrides look like --train.max_epochs 5"
+            )
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise MedtuneInputError(f"override {tok} has no value")
+            value = tokens[i + 1]
+            i += 2
+        out[key] = parse_override_value(value)
+    return out
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from medtune.config import load_config, parse_cli_overrides
-    from medtune.engine.run import is_global_zero, load_run_config, summary_line, train_run
+    from medtune.training.config import load_config
+    from medtune.training.run import is_global_zero, load_run_config, summary_line, train_run
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
     if args.data is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 
 @dataclass

@@ -25,6 +25,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from medtune.core.errors import MedtuneInputError
+from medtune.core.registry import Registry
 from medtune.data.dataset import scan_dataset
 from medtune.data.io import (
     copy_or_link,
@@ -34,8 +36,6 @@ from medtune.data.io import (
     save_nifti,
     strip_nifti,
 )
-from medtune.errors import MedtuneInputError
-from medtune.registry import Registry
 
 CONVERTERS: Registry = Registry("dataset format")
 

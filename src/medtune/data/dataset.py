@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtune.core.errors import MedtuneInputError
 from medtune.data.io import NIFTI_ENDINGS, is_hidden, nifti_ending, strip_nifti
-from medtune.errors import MedtuneInputError
 
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")

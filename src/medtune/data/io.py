@@ -11,7 +11,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medtune.atomic import atomic_write, atomic_write_text
+from medtune.core.atomic import atomic_write, atomic_write_text
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
 from medtune.data.preprocess import load_case_arrays
-from medtune.errors import MedtuneInputError
 
 
 class TrainCropDataset(Dataset):

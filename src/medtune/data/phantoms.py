@@ -19,9 +19,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medtune.configbase import from_dict
+from medtune.core.configbase import from_dict
+from medtune.core.errors import MedtuneInputError
 from medtune.data.io import save_json, save_nifti
-from medtune.errors import MedtuneInputError
 
 DEFAULT_SHAPE = (64, 96, 96)
 """Default phantom size (D, H, W) = (Z, X, Y) voxels."""

@@ -31,9 +31,9 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 from tqdm import tqdm
 
+from medtune.core.errors import MedtuneInputError
 from medtune.data.dataset import CaseFiles, DatasetInfo, load_dataset
 from medtune.data.io import file_fingerprint, save_json, save_npy
-from medtune.errors import MedtuneInputError
 
 CACHE_VERSION = 1
 PROPS_FILE = "dataset_props.json"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medtune.core.errors import MedtuneInputError
 from medtune.data.io import save_json
-from medtune.errors import MedtuneInputError
 
 SPLITS_FILE = "splits_final.json"
 

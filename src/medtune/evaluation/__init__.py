@@ -1,13 +1,13 @@
-"""Evaluation building blocks: sliding-window inference, per-region metrics, reports.
+"""Evaluation: per-region metrics, reports, and `medtune evaluate`.
 
-- `inference`: `predict_volume` (MONAI sliding windows, flip TTA, CPU stitching) and
-  `probs_to_labels`.
 - `metrics`: `compute_case_metrics` (Dice, HD95 in mm, NSD per region, empty-mask policy),
   `image_diagonal_mm`, `brats_postprocess`.
 - `report`: `case_row`, `summarize`, `write_reports` (per-case CSV, summary JSON, Markdown).
+- `evaluate`: `evaluate_run(run_dir, data_dir, ...)` and `evaluate_predictor` for any
+  `Predictor` (e.g. a non-learned baseline).
 """
 
-from medtune.evaluation.inference import predict_volume, probs_to_labels
+from medtune.evaluation.evaluate import evaluate_predictor, evaluate_run, select_cases
 from medtune.evaluation.metrics import (
     METRICS,
     brats_postprocess,
@@ -21,9 +21,10 @@ __all__ = [
     "brats_postprocess",
     "case_row",
     "compute_case_metrics",
+    "evaluate_predictor",
+    "evaluate_run",
     "image_diagonal_mm",
-    "predict_volume",
-    "probs_to_labels",
+    "select_cases",
     "summarize",
     "write_reports",
 ]

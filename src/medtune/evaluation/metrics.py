@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from medtune.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError
 
 METRICS = ("dice", "hd95", "nsd")
 """Metric names reported per region, in report order."""

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from medtune.atomic import atomic_write_text
-from medtune.errors import MedtuneInputError
+from medtune.core.atomic import atomic_write_text
+from medtune.core.errors import MedtuneInputError
 
 PER_CASE_CSV = "per_case.csv"
 SUMMARY_JSON = "summary.json"

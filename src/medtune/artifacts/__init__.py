@@ -1,0 +1,1 @@
+"""Artifacts a run leaves: adapter-only folders, multi-task banks, the run-folder layout."""

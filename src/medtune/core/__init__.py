@@ -1,0 +1,1 @@
+"""Shared foundations: errors, registries, config dataclass helpers, atomic writes."""

@@ -1,0 +1,342 @@
+"""`medtune predict`: label maps for new images, written in each input file's own geometry.
+
+Inputs (`--input`, a file or a folder):
+
+- nnU-Net-style channel files `CASE_0000.nii.gz`, `CASE_0001.nii.gz`, ... (grouped by CASE; one
+  file per channel the model was trained on). Naming one of them picks up its siblings.
+- a single 4D NIfTI per case (channels last), or a 3D file for a one-channel model;
+- a folder holding any mix of the above, or a folder of case folders (one level).
+
+Outputs in `--out`: `CASE.nii.gz`, a label map with exactly the input's shape, affine (sform and
+qform) and header, in the source dataset's label convention (`source_labels`, e.g. BraTS 2019
+ET written back as 4); with `--save-probabilities` also `CASE_probs.nii.gz`, float32
+`(X, Y, Z, K)`: volume k is the probability of class k (the k-th smallest label value of the
+model's dataset), on the same grid. Each file is written to a temporary name and renamed.
+Nothing is ever written into an input folder, and existing outputs are kept unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medtune.core.atomic import atomic_write
+from medtune.core.errors import MedtuneInputError
+from medtune.inference.predictor import Predictor, load_predictor, restore_labels
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+OUT_ENDING = ".nii.gz"
+PROBS_SUFFIX = "_probs"
+
+
+@dataclass
+class InputCase:
+    """One case to predict: its id and its image files (one per channel, or one 4D file)."""
+
+    case_id: str
+    files: list[Path]
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    from medtune.data.io import is_hidden, nifti_ending
+
+    return [
+        p for p in sorted(folder.iterdir()) if p.is_file() and not is_hidden(p) and nifti_ending(p)
+    ]
+
+
+def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
+    """Group the NIfTI files of one folder into cases (channel files by CASE, others alone)."""
+    from medtune.data.io import strip_nifti
+
+    n = len(channel_names)
+    groups: dict[str, dict[int, Path]] = defaultdict(dict)
+    cases: list[InputCase] = []
+    for f in files:
+        stem = strip_nifti(f)
+        m = _CHANNEL_RE.match(stem)
+        if not m:
+            cases.append(InputCase(stem, [f]))
+            continue
+        ch = int(m["ch"])
+        if ch in groups[m["case"]]:
+            raise MedtuneInputError(
+                f"{f}: expected one file for channel {ch:04d} of case {m['case']}, "
+                f"found also {groups[m['case']][ch].name}"
+            )
+        groups[m["case"]][ch] = f
+    names = ", ".join(channel_names)
+    for case, chans in sorted(groups.items()):
+        folder = next(iter(chans.values())).parent
+        for ch in sorted(chans):
+            if ch >= n:
+                raise MedtuneInputError(
+                    f"{chans[ch]}: expected channel files {case}_0000..{case}_{n - 1:04d} "
+                    f"({n} channel(s): {names}), found channel {ch:04d}"
+                )
+        for ch in range(n):
+            if ch not in chans:
+                raise MedtuneInputError(
+                    f"{folder / f'{case}_{ch:04d}{OUT_ENDING}'}: expected the file of channel "
+                    f"{ch} ({channel_names[ch]}) of case {case}, found none"
+                )
+        cases.append(InputCase(case, [chans[ch] for ch in range(n)]))
+    return cases
+
+
+def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
+    """Cases of `inputs` (a path or a list of paths: files or folders), sorted by case id."""
+    from medtune.data.io import nifti_ending, strip_nifti
+
+    paths = [Path(p) for p in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
+    if not paths:
+        raise MedtuneInputError("--input: expected a NIfTI file or a folder, found nothing")
+    cases: list[InputCase] = []
+    for p in paths:
+        if not p.exists():
+            raise MedtuneInputError(
+                f"--input {p}: expected a NIfTI file or a folder, found no such path"
+            )
+        if p.is_file():
+            if not nifti_ending(p):
+                raise MedtuneInputError(
+                    f"--input {p}: expected a .nii.gz or .nii file, found {p.name}"
+                )
+            m = _CHANNEL_RE.match(strip_nifti(p))
+            if m:  # one channel file: take its siblings of the same case
+                siblings = [
+                    f
+                    for f in _nifti_files(p.parent)
+                    if (s := _CHANNEL_RE.match(strip_nifti(f))) and s["case"] == m["case"]
+                ]
+                cases.extend(_group(siblings, channel_names))
+            else:
+                cases.append(InputCase(strip_nifti(p), [p]))
+            continue
+        files = _nifti_files(p)
+        found = _group(files, channel_names) if files else []
+        if not files:
+            for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+                sub_files = _nifti_files(sub)
+                if sub_files:
+                    found.extend(_group(sub_files, channel_names))
+        if not found:
+            raise MedtuneInputError(
+                f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files) or case "
+                "folders holding them, found none"
+            )
+        cases.extend(found)
+    seen: dict[str, InputCase] = {}
+    for c in cases:
+        if c.case_id in seen and seen[c.case_id].files != c.files:
+            raise MedtuneInputError(
+                f"{c.files[0]}: expected unique case ids, found case {c.case_id} also at "
+                f"{seen[c.case_id].files[0]}"
+            )
+        seen[c.case_id] = c
+    return [seen[k] for k in sorted(seen)]
+
+
+def _check_headers(case: InputCase, channel_names: list[str]) -> None:
+    """Shapes from the headers only: channel files 3D and alike, a single file 4D with one
+    volume per channel (3D for a one-channel model)."""
+    n = len(channel_names)
+    shapes = []
+    for f in case.files:
+        try:
+            shapes.append(tuple(int(s) for s in nib.load(str(f)).shape))
+        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+            raise MedtuneInputError(
+                f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:100]}"
+            ) from None
+    if len(case.files) == 1:
+        s = shapes[0]
+        ok = (len(s) == 4 and s[3] == n) or (n == 1 and (len(s) == 3 or s[3:] == (1,)))
+        if not ok:
+            want = f"a 4D image with {n} volumes ({', '.join(channel_names)})"
+            if n == 1:
+                want = "a 3D image"
+            raise MedtuneInputError(
+                f"{case.files[0]}: expected {want} or channel files {case.case_id}_0000..., found shape {s}"
+            )
+        return
+    for f, s in zip(case.files, shapes):
+        if not (len(s) == 3 or (len(s) == 4 and s[3] == 1)):
+            raise MedtuneInputError(f"{f}: expected a 3D channel image, found shape {s}")
+        if s[:3] != shapes[0][:3]:
+            raise MedtuneInputError(
+                f"{f}: expected the shape of {case.files[0].name} {shapes[0][:3]}, found {s[:3]}"
+            )
+
+
+def output_paths(out_dir: Path, case_id: str, save_probabilities: bool) -> list[Path]:
+    """Files written for one case: `CASE.nii.gz` (and `CASE_probs.nii.gz`)."""
+    paths = [out_dir / f"{case_id}{OUT_ENDING}"]
+    if save_probabilities:
+        paths.append(out_dir / f"{case_id}{PROBS_SUFFIX}{OUT_ENDING}")
+    return paths
+
+
+def _check_out(
+    out_dir: Path, inputs, cases: list[InputCase], save_probabilities: bool, overwrite: bool
+) -> None:
+    out = out_dir.resolve()
+    files = {f.resolve() for c in cases for f in c.files}
+    folders = {f.parent for f in files}
+    for p in [inputs] if isinstance(inputs, str | os.PathLike) else inputs:
+        if Path(p).is_dir():
+            folders.add(Path(p).resolve())
+    if out in files:
+        raise MedtuneInputError(f"--out {out_dir}: expected an output folder, found an input file")
+    if out in folders:
+        raise MedtuneInputError(
+            f"--out {out_dir}: expected a folder other than the input folder {out} "
+            "(predict never writes beside its inputs)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedtuneInputError(f"--out {out_dir}: expected a folder, found a file")
+    planned = [p for c in cases for p in output_paths(out_dir, c.case_id, save_probabilities)]
+    clash = [p for p in planned if p.resolve() in files]
+    if clash:
+        raise MedtuneInputError(f"{clash[0]}: expected a new output, found an input file")
+    existing = [p for p in planned if p.exists()]
+    if existing and not overwrite:
+        raise MedtuneInputError(
+            f"{existing[0]}: expected no existing output, found a file ({len(existing)} of "
+            f"{len(planned)} outputs exist); pass --overwrite to replace them"
+        )
+
+
+def write_like(data: np.ndarray, reference: Path, path: Path, description: str) -> Path:
+    """Write `data` `(X, Y, Z[, K])` as NIfTI with the header, sform and qform of `reference`
+    (its shape, affine and spacing), via a temporary name and a rename."""
+    ref = nib.load(str(reference))
+    klass = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
+    hdr = klass.header_class.from_header(ref.header)
+    sform, sform_code = ref.header.get_sform(coded=True)
+    qform, qform_code = ref.header.get_qform(coded=True)
+    hdr.set_data_dtype(data.dtype)
+    img = klass(data, ref.affine, header=hdr)
+    if sform is not None:
+        img.set_sform(sform, int(sform_code))
+    else:
+        img.set_sform(None, 0)
+    if qform is not None:
+        img.set_qform(qform, int(qform_code))
+    else:
+        img.set_qform(None, 0)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    img.header["descrip"] = description[:79].encode()
+    if data.ndim == 3:
+        img.header["intent_code"] = 0
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+
+
+def predict_case(
+    predictor: Predictor,
+    case: InputCase,
+    out_dir: Path,
+    tta: str = "none",
+    save_probabilities: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """Predict one case and write its outputs; returns the written paths (labels first)."""
+    from medtune.data.preprocess import restore_to_original
+
+    probs, idx, meta = predictor.predict_case(case.files, tta=tta, progress=progress)
+    paths = output_paths(out_dir, case.case_id, save_probabilities)
+    if save_probabilities:
+        restored = restore_to_original(probs.numpy(), meta)  # (K, X, Y, Z)
+        del probs
+        write_like(
+            np.moveaxis(restored, 0, -1).astype(np.float32, copy=False),
+            case.files[0],
+            paths[1],
+            "medtune class probabilities (X, Y, Z, K)",
+        )
+        del restored
+    else:
+        del probs
+    labels = restore_labels(idx, predictor.source_lut(), meta, wide_dtype=np.int16)
+    write_like(labels, case.files[0], paths[0], "medtune predict labels")
+    return paths
+
+
+def predict_files(
+    adapter_or_run_dir: str | Path | Predictor,
+    inputs,
+    out_dir: str | Path,
+    device: str | None = "auto",
+    tta: str = "none",
+    save_probabilities: bool = False,
+    overwrite: bool = False,
+    *,
+    progress: bool = True,
+    sw_batch_size: int | None = None,
+) -> list[Path]:
+    """`medtune predict`: write a label map per input case into `out_dir`.
+
+    Args:
+        adapter_or_run_dir: a run directory, an adapter folder, or a loaded `Predictor`.
+        inputs: a NIfTI file or folder (or a list of them); see the module docstring.
+        out_dir: output folder (created); never an input folder.
+        device: "auto", "cpu" or "cuda" (a clear error when CUDA is missing).
+        tta: "none" or "flip8".
+        save_probabilities: also write `CASE_probs.nii.gz` (float32, `(X, Y, Z, K)`).
+        overwrite: replace existing outputs instead of refusing.
+        sw_batch_size: windows per model call (default: the adapter's or run's setting, else 1).
+
+    Returns:
+        The label map paths `OUT/CASE.nii.gz`, in case order.
+    """
+    from medtune.inference.sliding_window import TTA_MODES
+
+    if tta not in TTA_MODES:
+        raise MedtuneInputError(f"--tta: expected one of {', '.join(TTA_MODES)}, found {tta!r}")
+    out = Path(out_dir)
+    if isinstance(adapter_or_run_dir, Predictor):
+        predictor = adapter_or_run_dir
+        channel_names = list(predictor.props["channel_names"])
+        cases = find_cases(inputs, channel_names)
+    else:
+        # Inputs and outputs are checked before the model is loaded; the channel names come
+        # from the adapter's config, which is cheap to read.
+        from medtune.artifacts.adapters import read_adapter_config
+        from medtune.inference.predictor import resolve_model_dir
+
+        adapter_dir, _ = resolve_model_dir(adapter_or_run_dir)
+        ds = (read_adapter_config(adapter_dir).get("extra") or {}).get("dataset") or {}
+        channel_names = list(ds.get("channel_names") or [])
+        predictor = None
+        if not channel_names:
+            predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+            channel_names = list(predictor.props["channel_names"])
+        cases = find_cases(inputs, channel_names)
+    for case in cases:
+        _check_headers(case, channel_names)
+    _check_out(out, inputs, cases, save_probabilities, overwrite)
+    if predictor is None:
+        predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+
+    written = []
+    for i, case in enumerate(cases, 1):
+        t0 = time.perf_counter()
+        paths = predict_case(predictor, case, out, tta, save_probabilities, progress=progress)
+        written.append(paths[0])
+        if progress:
+            print(
+                f"[{i}/{len(cases)}] {case.case_id}: {paths[0]} ({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return written

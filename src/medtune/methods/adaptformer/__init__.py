@@ -1,6 +1,0 @@
-"""AdaptFormer (Chen et al., NeurIPS 2022): config and the method (layers shared with `adapter`)."""
-
-from medtune.methods.adaptformer.config import AdaptFormerConfig
-from medtune.methods.adaptformer.method import AdaptFormer
-
-__all__ = ["AdaptFormer", "AdaptFormerConfig"]

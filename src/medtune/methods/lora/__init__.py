@@ -1,6 +1,0 @@
-"""LoRA (Hu et al., ICLR 2022) on the backbone's attention projections, via peft."""
-
-from medtune.methods.lora.config import LoRAConfig
-from medtune.methods.lora.method import LoRA
-
-__all__ = ["LoRA", "LoRAConfig"]

@@ -1,7 +1,0 @@
-"""ST-Adapter (Pan et al., NeurIPS 2022) with its temporal conv across slices."""
-
-from medtune.methods.st_adapter.config import STAdapterConfig
-from medtune.methods.st_adapter.layer import STAdapter
-from medtune.methods.st_adapter.method import STAdapterTuning
-
-__all__ = ["STAdapter", "STAdapterConfig", "STAdapterTuning"]

@@ -1,0 +1,1 @@
+"""The model: slices, backbones, tuning methods, decoders, the 3D segmentation model, parameter counts."""

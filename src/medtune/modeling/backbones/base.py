@@ -1,0 +1,157 @@
+"""The backbone contract: a frozen 2D timm model run over the slices of a volume.
+
+A `SliceBackbone` wraps one timm model and runs it over `(N, C, H, W)` slices, where
+`N = B * D`. It declares
+
+- `insertion_points`: one per block after which a tuning method may insert a module, with the
+  block's channels, stride, stage and whether it ends a stage;
+- `feature_info`: the channels and strides of the multi-scale features handed to the decoder;
+- which of its parameters are frozen by parameter-efficient methods and which encoder-side
+  parameters the paper tunes anyway (`tuned_extra_names`).
+
+Methods insert modules in two places that every family calls in its forward pass:
+`post_block[str(i)]` (called after block `i` on a channels-last grid `(N, h, w, C)`) and
+`pre_block[str(i)]` (called before block `i` on the family's native token layout; used by
+prompt methods). Both receive the `SliceContext` of the current forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtune.core.errors import MedtuneInputError
+from medtune.modeling.slicing import SliceContext
+
+
+@dataclass(frozen=True)
+class InsertionPoint:
+    """Where a method may insert a module: after block `index` of the backbone."""
+
+    index: int
+    """Position of the block in forward order (0-based)."""
+    channels: int
+    """Channels of the block's output."""
+    stride: int
+    """Spatial stride of the block's output relative to the slice."""
+    stage: int
+    """Stage (resolution level or block group) the block belongs to."""
+    stage_end: bool
+    """True for the last block of its stage."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One multi-scale feature map handed to the decoder: `(N, channels, H/stride, W/stride)`."""
+
+    channels: int
+    stride: int
+
+
+class SliceBackbone(nn.Module):
+    """Base class of the backbone families; subclasses implement `forward_features`.
+
+    Attributes set by subclasses: `family`, `timm_name`, `model` (the timm module),
+    `in_chans`, `img_size`, `insertion_points`, `feature_info`.
+    """
+
+    family: str = ""
+
+    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.timm_name = timm_name
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.pre_block = nn.ModuleDict()
+        self.post_block = nn.ModuleDict()
+        self.insertion_points: list[InsertionPoint] = []
+        self.feature_info: list[FeatureInfo] = []
+
+    # --- method hooks -------------------------------------------------------------------
+    def run_pre(self, i: int, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Apply the module inserted before block `i`, if any (native layout)."""
+        mod = self.pre_block[str(i)] if str(i) in self.pre_block else None
+        return x if mod is None else mod(x, ctx)
+
+    def run_post(self, i: int, grid: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Apply the module inserted after block `i`, if any, on `(N, h, w, C)`."""
+        mod = self.post_block[str(i)] if str(i) in self.post_block else None
+        return grid if mod is None else mod(grid, ctx)
+
+    # --- contract -----------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
+        """Slices `(N, C, H, W)` -> feature maps `[(N, C_i, H/s_i, W/s_i)]` per `feature_info`."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, ctx: SliceContext | None = None) -> list[torch.Tensor]:
+        self.check_input(x)
+        if ctx is None:
+            ctx = SliceContext(batch=x.shape[0], depth=1)
+        return self.forward_features(x, ctx)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a one-line error when slices do not fit the backbone."""
+        if x.ndim != 4:
+            raise MedtuneInputError(
+                f"backbone input: expected slices (N, C, H, W), found shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: expected {self.in_chans} input channels, found {x.shape[1]}"
+            )
+        self.check_slice_size(tuple(x.shape[-2:]))
+
+    def check_slice_size(self, hw: tuple[int, int]) -> None:
+        """Raise when a slice size `(H, W)` cannot run through this backbone."""
+        div = self.size_divisor
+        if hw[0] % div or hw[1] % div:
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: slice size {hw[0]}x{hw[1]} is not divisible by {div} "
+                f"(patch size x downsampling); use a crop size that is a multiple of {div}"
+            )
+
+    @property
+    def size_divisor(self) -> int:
+        """Slice sizes must be multiples of this."""
+        return max(f.stride for f in self.feature_info)
+
+    def tuned_extra_names(self) -> list[str]:
+        """Names (relative to this module) of encoder parameters the paper tunes with the head."""
+        return []
+
+    def input_conv_name(self) -> str:
+        """State-dict prefix of the first convolution (adapted to the input channels)."""
+        raise NotImplementedError
+
+    def stage_hidden_info(self) -> dict[str, int]:
+        """Extra per-family facts methods may need (e.g. the zero-state ratio of stage 0)."""
+        return {}
+
+
+def stage_of_points(points: list[InsertionPoint]) -> dict[int, list[InsertionPoint]]:
+    """Group insertion points by stage, in order."""
+    out: dict[int, list[InsertionPoint]] = {}
+    for p in points:
+        out.setdefault(p.stage, []).append(p)
+    return out
+
+
+def select_stages(
+    points: list[InsertionPoint], wanted: tuple[int, ...] | None, what: str
+) -> dict[int, list[InsertionPoint]]:
+    """The insertion points of the `wanted` stages (None: all), grouped by stage, in order.
+
+    A stage the backbone does not have raises, naming the config field `what`.
+    """
+    stages = stage_of_points(points)
+    if wanted is None:
+        return stages
+    unknown = set(wanted) - set(stages)
+    if unknown:
+        raise MedtuneInputError(
+            f"{what}: stages {sorted(unknown)} do not exist; this backbone has stages 0..{len(stages) - 1}"
+        )
+    return {s: pts for s, pts in stages.items() if s in set(wanted)}

@@ -1,0 +1,83 @@
+"""timm Swin Transformers run over slices (channels-last `(N, h, w, C)` tokens)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medtune.modeling.backbones.base import FeatureInfo, InsertionPoint, SliceBackbone
+from medtune.modeling.slicing import SliceContext
+
+
+class SwinSliceBackbone(SliceBackbone):
+    """A timm `SwinTransformer` over slices.
+
+    Features (for a U-shaped decoder): the inputs of stages 0..S-2 (after patch embedding or
+    patch merging, before the stage's blocks) and the final LayerNorm of the last stage,
+    i.e. for Swin-T `(N, 96, H/4, W/4)`, `(N, 192, H/8, W/8)`, `(N, 384, H/16, W/16)`,
+    `(N, 768, H/32, W/32)`.
+    """
+
+    family = "swin"
+
+    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
+        super().__init__(model, timm_name, in_chans, img_size)
+        self.patch = model.patch_embed.patch_size[0]
+        idx = 0
+        self.stage_channels: list[int] = []
+        self.stage_heads: list[int] = []
+        for s, layer in enumerate(model.layers):
+            dim = layer.blocks[0].norm1.normalized_shape[0]
+            stride = self.patch * 2**s
+            self.stage_channels.append(dim)
+            self.stage_heads.append(layer.blocks[0].attn.num_heads)
+            for b in range(len(layer.blocks)):
+                self.insertion_points.append(
+                    InsertionPoint(idx, dim, stride, s, b == len(layer.blocks) - 1)
+                )
+                idx += 1
+        n = len(self.stage_channels)
+        self.feature_info = [
+            FeatureInfo(self.stage_channels[s], self.patch * 2**s) for s in range(n)
+        ]
+        self.window_size = model.layers[0].blocks[0].window_size[0]
+
+    def check_slice_size(self, hw: tuple[int, int]) -> None:
+        from medtune.core.errors import MedtuneInputError
+
+        super().check_slice_size(hw)
+        if hw != (self.img_size, self.img_size):
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: built for {self.img_size}x{self.img_size} slices "
+                f"(window attention masks depend on it), found {hw[0]}x{hw[1]}; set backbone.img_size"
+            )
+
+    def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
+        m = self.model
+        x = m.patch_embed(x)  # (N, h, w, C)
+        feats = []
+        idx = 0
+        last_stage = len(m.layers) - 1
+        for s, layer in enumerate(m.layers):
+            x = layer.downsample(x)
+            if s < last_stage:
+                feats.append(x.permute(0, 3, 1, 2))
+            for blk in layer.blocks:
+                x = self.run_pre(idx, x, ctx)
+                x = blk(x)
+                x = self.run_post(idx, x, ctx)
+                idx += 1
+        x = m.norm(x)
+        feats.append(x.permute(0, 3, 1, 2))
+        return feats
+
+    def tuned_extra_names(self) -> list[str]:
+        return [f"model.norm.{n}" for n, _ in self.model.norm.named_parameters()]
+
+    def input_conv_name(self) -> str:
+        return "patch_embed.proj"
+
+    def stage_hidden_info(self) -> dict[str, int]:
+        # Stage 0's inter-stage zero state has half the channels at twice the resolution,
+        # as if a stage before it had existed (the Med-Tuning release does this).
+        return {"stage0_ratio": 2}

@@ -1,0 +1,73 @@
+"""Decoders: 2D segmentation heads sized from the backbone's declared features.
+
+Every decoder maps the backbone's features `[(N, C_i, H/s_i, W/s_i)]` to per-slice logits
+`(N, K, H, W)`. `create_decoder(cfg, backbone, num_classes)`; `name: auto` picks UPerNet for
+ViTs, the Swin-UNet decoder for Swin and the U-Net decoder for CNNs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from medtune.core.errors import MedtuneInputError
+from medtune.core.registry import Registry
+from medtune.modeling.backbones.base import SliceBackbone
+from medtune.modeling.decoders.swin_unet import SwinUNetDecoder
+from medtune.modeling.decoders.unet import UNetDecoder
+from medtune.modeling.decoders.upernet import UPerNetDecoder
+
+DECODERS: Registry = Registry("decoder")
+AUTO = {"vit": "upernet", "swin": "swin_unet", "cnn": "unet"}
+
+
+@dataclass
+class DecoderConfig:
+    """Which decoder turns the backbone's features into per-slice logits."""
+
+    name: str = "auto"
+    """`upernet`, `swin_unet`, `unet`, or `auto` (by backbone family: ViT -> upernet, Swin -> swin_unet, CNN -> unet)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Decoder keyword options (e.g. `channels: 256` for UPerNet, `depth: 2` for Swin-UNet)."""
+
+
+@DECODERS.register("upernet")
+def _upernet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
+    return UPerNetDecoder(backbone.feature_info, num_classes, **kw)
+
+
+@DECODERS.register("swin_unet")
+def _swin_unet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
+    if backbone.family != "swin":
+        raise MedtuneInputError(
+            f"decoder swin_unet needs a Swin backbone, found family '{backbone.family}'"
+        )
+    return SwinUNetDecoder(
+        backbone.feature_info,
+        num_classes,
+        backbone.stage_heads,
+        backbone.window_size,
+        backbone.img_size,
+        **kw,
+    )
+
+
+@DECODERS.register("unet")
+def _unet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
+    return UNetDecoder(backbone.feature_info, num_classes, **kw)
+
+
+def list_decoders() -> list[str]:
+    """Registered decoder names."""
+    return DECODERS.names()
+
+
+def create_decoder(cfg: DecoderConfig, backbone: SliceBackbone, num_classes: int) -> nn.Module:
+    """Build the decoder `cfg.name` for `backbone`'s features."""
+    name = AUTO[backbone.family] if cfg.name == "auto" else cfg.name
+    try:
+        return DECODERS.create(name, backbone, num_classes, **cfg.options)
+    except TypeError as exc:
+        raise MedtuneInputError(f"decoder {name}: bad options {cfg.options}: {exc}") from exc

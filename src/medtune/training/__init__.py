@@ -1,0 +1,1 @@
+"""Training: the Lightning module, the data module, checkpoints and `train_run`."""

@@ -1,0 +1,280 @@
+"""The Lightning module: paper recipe around a `SegModel`.
+
+- optimiser: Adam (AMSGrad) with weight decay over the trainable parameters only;
+- schedule: linear warm-up then cosine decay to 0, stepped every optimiser step;
+- loss: soft Dice on the softmax summed over the foreground classes (MONAI `DiceLoss`), or that
+  plus cross-entropy (`dice_ce`);
+- validation: sliding-window inference (`medtune.evaluation.predict_volume`) over whole
+  validation volumes, Dice per region of the dataset, averaged over cases and processes.
+
+Checkpoints hold only what training changes (trainable parameters and buffers; the frozen
+backbone too when it was not loaded from pre-trained weights), the optimiser, scheduler and
+loop state, and the RNG states, restored right before the first step after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+
+from medtune.core.errors import MedtuneInputError
+from medtune.evaluation.metrics import region_dice
+from medtune.modeling.model import SegModel
+from medtune.training.config import TrainConfig
+from medtune.training.datamodule import ResumableLoader
+
+
+class SegLoss(nn.Module):
+    """Logits `(B, K, D, H, W)` and labels `(B, 1, D, H, W)` -> scalar loss.
+
+    Soft Dice per foreground class over the whole batch, summed over the classes (the paper);
+    `dice_ce` adds the mean voxel cross-entropy.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.dice = DiceLoss(
+            include_background=False, to_onehot_y=True, softmax=True, batch=True, reduction="sum"
+        )
+        self.ce = nn.CrossEntropyLoss() if name == "dice_ce" else None
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        loss = self.dice(logits, label)
+        if self.ce is not None:
+            loss = loss + self.ce(logits, label[:, 0])
+        return loss
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor at optimiser step `step`: linear warm-up over `warmup` steps, cosine to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def effective_warmup_epochs(cfg: TrainConfig) -> int:
+    """`cfg.warmup_epochs`, or a fifth of the run when it would not leave any decay."""
+    if cfg.warmup_epochs >= cfg.max_epochs:
+        return cfg.max_epochs // 5
+    return cfg.warmup_epochs
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SegTrainModule(pl.LightningModule):
+    """Trains a `SegModel` on crops `(B, C, D, H, W)`; validates on whole volumes.
+
+    Args:
+        model: the model as built by `build_model` (method applied, `requires_grad` set).
+        cfg: the train section of the experiment config.
+        crop_size: training window `(D, H, W)`, also the sliding window of validation.
+        regions: region name -> label values (from the dataset), for validation Dice.
+        save_frozen: also checkpoint frozen parameters (the backbone was randomly initialised).
+    """
+
+    def __init__(
+        self,
+        model: SegModel,
+        cfg: TrainConfig,
+        crop_size: tuple[int, int, int],
+        regions: dict[str, list[int]],
+        save_frozen: bool = False,
+    ):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.crop_size = tuple(int(c) for c in crop_size)
+        self.regions = {k: [int(v) for v in vs] for k, vs in regions.items()}
+        self.loss_fn = SegLoss(cfg.loss)
+        self.strict_loading = False  # checkpoints hold only what training changes
+        params = {
+            f"model.{n}" for n, p in model.named_parameters() if p.requires_grad or save_frozen
+        }
+        self._ckpt_keys = params | {f"model.{n}" for n, _ in model.named_buffers()}
+        self.best: dict[str, Any] = {"mean_dice": -1.0, "epoch": 0, "regions": {}}
+        self.history: list[dict[str, Any]] = []
+        """One entry per epoch: {"epoch", "train_loss", and "val_mean_dice"... when validated}."""
+        self.new_best = False
+        self.final_validation = False
+        self._pending_rng: dict[str, Any] | None = None
+        self._val_sum: torch.Tensor | None = None
+        self._epoch_loss = [0.0, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Volume `(B, C, D, H, W)` -> logits `(B, K, D, H, W)`."""
+        return self.model(x)
+
+    # --- training ------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            loader.mark(self.current_epoch, batch_idx + 1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, label = batch["image"], batch["label"]
+        logits = self.model(image)
+        loss = self.loss_fn(logits, label[:, None])
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=image.shape[0])
+        # a device tensor: no host sync per step; read once per epoch (and per checkpoint)
+        self._epoch_loss[0] = self._epoch_loss[0] + loss.detach()
+        self._epoch_loss[1] += 1
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = [0.0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        total, n = self._epoch_loss
+        t = torch.tensor([float(total), float(n)], dtype=torch.float64, device=self.device)
+        t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        mean = float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
+        self.log("train/epoch_loss", mean, sync_dist=False)
+        entry = next((h for h in self.history if h["epoch"] == self.current_epoch + 1), None)
+        if entry is None:
+            entry = {"epoch": self.current_epoch + 1}
+            self.history.append(entry)
+        entry["train_loss"] = mean
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise MedtuneInputError(
+                "model: expected trainable parameters, found none (check model.method)"
+            )
+        opt = torch.optim.Adam(
+            params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, amsgrad=self.cfg.amsgrad
+        )
+        # Not `trainer.estimated_stepping_batches`: it builds the training loader before a
+        # checkpoint's loop state is restored, and the loader would then miss its resume state.
+        per_epoch = self.trainer.datamodule.optimizer_steps_per_epoch()
+        total = max(1, per_epoch * self.trainer.max_epochs)
+        warmup = effective_warmup_epochs(self.cfg) * per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(warmup_cosine, warmup=warmup, total=total)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- validation ----------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
+        if self.trainer is not None and not self.trainer.training:
+            return batch  # whole volumes stay on the CPU; windows go to the device
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros(len(self.regions) + 1, dtype=torch.float64)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from medtune.inference.sliding_window import predict_volume, probs_to_labels
+
+        probs = predict_volume(
+            self.model,
+            batch["image"][0],
+            window=self.crop_size,
+            overlap=self.cfg.sw_overlap,
+            sw_batch_size=self.cfg.sw_batch_size,
+            device=self.device,
+            stitch_device="cpu",
+            num_classes=self.model.num_classes,
+        )
+        pred = probs_to_labels(probs)
+        dice = region_dice(pred, batch["label"][0].numpy(), self.regions)
+        w = float(batch["weight"][0])
+        assert self._val_sum is not None
+        self._val_sum += torch.tensor([*(w * d for d in dice), w], dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        assert self._val_sum is not None
+        t = self.trainer.strategy.reduce(self._val_sum.to(self.device), reduce_op="sum").cpu()
+        if float(t[-1]) <= 0:
+            return
+        per_region = {r: float(v) for r, v in zip(self.regions, (t[:-1] / t[-1]).tolist())}
+        mean = float(np.mean(list(per_region.values())))
+        epoch = self.current_epoch + (0 if self.final_validation else 1)
+        for r, v in per_region.items():
+            self.log(f"val/dice_{r}", v, sync_dist=False)
+        self.log("val/mean_dice", mean, prog_bar=True, sync_dist=False)
+        entry = next((h for h in self.history if h["epoch"] == epoch), None)
+        if entry is None:
+            entry = {"epoch": epoch}
+            self.history.append(entry)
+        entry["val_mean_dice"] = mean
+        entry["val_dice"] = per_region
+        self.new_best = mean > self.best["mean_dice"]
+        if self.new_best:
+            self.best = {"mean_dice": mean, "epoch": epoch, "regions": per_region}
+
+    @property
+    def last_validated_epoch(self) -> int:
+        """The last epoch (1-based) whose end was validated, 0 if none."""
+        return max((h["epoch"] for h in self.history if "val_mean_dice" in h), default=0)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in self._ckpt_keys}
+        checkpoint["medtune"] = {
+            "rng": _rng_state(),
+            "best": self.best,
+            "history": self.history,
+            "epoch_loss": [float(self._epoch_loss[0]), self._epoch_loss[1]],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self._ckpt_keys - set(checkpoint.get("state_dict", {})))
+        if missing or "medtune" not in checkpoint:
+            raise MedtuneInputError(
+                f"trainer checkpoint: expected the tensors of this model and medtune state, "
+                f"found {len(missing)} missing (e.g. {missing[:3]}); was it written by another config?"
+            )
+        state = checkpoint["medtune"]
+        self.best = state["best"]
+        self.history = state["history"]
+        self._epoch_loss = list(state.get("epoch_loss", [0.0, 0]))
+        self._pending_rng = state["rng"]
