@@ -1,8 +1,8 @@
 """Random-crop throughput: preprocessing cache (.npy, memory-mapped) vs decoding .nii.gz.
 
 Writes BraTS-sized phantoms (4 x 240 x 240 x 155), builds the cache, then draws training crops
-(4 x 128^3, the paper's augmentations) through a torch DataLoader with 0, 1 and 2 worker
-processes, from the cache and straight from the .nii.gz files (load, orient to RAS, crop to
+(4 x 128^3, the paper's augmentations) through training's own loader
+(`medtune.training.datamodule.train_loader`) with 0, 1 and 2 worker processes, from the cache and straight from the .nii.gz files (load, orient to RAS, crop to
 the brain, z-score: what the cache stores precomputed). Prints a table; not a timed test.
 
     .venv/bin/python benchmarks/data_loading.py [--cases 3] [--crops 60] [--workers 0 1 2]
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from medtune.data.config import DataConfig
 from medtune.data.dataset import load_dataset
-from medtune.data.loaders import EpochSampler, TrainCropDataset
+from medtune.data.io import load_images
+from medtune.data.loaders import TrainCropDataset
 from medtune.data.phantoms import write_phantoms
-from medtune.data.preprocess import load_images, preprocess_dataset, read_props, to_model_space
+from medtune.data.preprocess import preprocess_dataset, read_props, to_model_space
+from medtune.training.datamodule import train_loader
 
 
 class NiftiCropDataset(TrainCropDataset):
@@ -61,7 +62,7 @@ class EmptyCrops(torch.utils.data.Dataset):
 def throughput(ds, workers: int, crops: int) -> float:
     """Crops per second in steady state (the first batch, with worker start-up, is not timed)."""
     ds.length = crops + 1
-    loader = DataLoader(ds, batch_size=1, sampler=EpochSampler(len(ds)), num_workers=workers)
+    loader = train_loader(ds, batch_size=1, workers=workers, seed=0)
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()

@@ -137,7 +137,7 @@ def _train(method: str, plan: DemoPlan, data_root: Path, out: Path) -> dict[str,
 
 def _flair_index(info) -> int:
     """Index of the FLAIR channel of a dataset."""
-    return next(i for i, n in enumerate(info.channel_names) if "flair" in n.lower())
+    return next(i for i, n in enumerate(info.props.channel_names) if "flair" in n.lower())
 
 
 def otsu_baseline(info) -> dict[str, float]:
@@ -148,7 +148,7 @@ def otsu_baseline(info) -> dict[str, float]:
     from medtune.evaluation.metrics import compute_case_metrics
 
     flair = _flair_index(info)
-    wt = info.regions.get("WT") or sorted(v for v in info.labels.values() if v)
+    wt = info.props.regions.get("WT") or sorted(v for v in info.props.labels.values() if v)
     dice, hd = [], []
     for case in info.cases:
         img = nib.load(str(case.images[flair]))

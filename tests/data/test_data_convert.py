@@ -56,17 +56,17 @@ def test_brats2020_maps_et_4_to_3_and_handles_case_355(tmp_path, capsys, tree_ha
     assert "BraTS 2020" in capsys.readouterr().out
     assert tree_hash(src) == before  # source untouched
     info = load_dataset(tmp_path / "out")
-    assert info.file_ending == ".nii"
+    assert info.props.file_ending == ".nii"
     assert [c.case_id for c in info.cases] == [
         "BraTS20_Training_001",
         "BraTS20_Training_002",
         "BraTS20_Training_355",
     ]
     assert [c.case_id for c in info.test_cases] == ["BraTS20_Validation_001"]
-    assert info.labels == {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
-    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
-    assert info.source_labels == {0: 0, 1: 1, 2: 2, 3: 4}
-    assert info.et_label == 3 and info.netc_label == 1
+    assert info.props.labels == {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
+    assert info.props.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    assert info.props.source_labels == {0: 0, 1: 1, 2: 2, 3: 4}
+    assert info.props.et_label == 3 and info.props.netc_label == 1
     for c in info.cases:
         assert sorted(np.unique(np.asarray(nib.load(str(c.label)).dataobj)).tolist()) == [
             0,
@@ -110,13 +110,16 @@ def test_brats2023_keeps_labels(tmp_path):
         tmp_path / "out",
     )
     info = load_dataset(out)
-    assert info.medtune["edition"] == "BraTS 2023" and info.labels == {
+    assert info.props.conventions["edition"] == "BraTS 2023" and info.props.labels == {
         "background": 0,
         "NETC": 1,
         "SNFH": 2,
         "ET": 3,
     }
-    assert info.source_labels == {0: 0, 1: 1, 2: 2, 3: 3} and info.regions["TC"] == [1, 3]
+    assert info.props.source_labels == {0: 0, 1: 1, 2: 2, 3: 3} and info.props.regions["TC"] == [
+        1,
+        3,
+    ]
 
 
 def test_brats2024_keeps_resection_cavity_4(tmp_path):
@@ -124,7 +127,11 @@ def test_brats2024_keeps_resection_cavity_4(tmp_path):
         "brats", _brats_new(tmp_path / "BraTS2024-GLI-TrainingData", [1, 2, 3, 4]), tmp_path / "out"
     )
     info = load_dataset(out)
-    assert info.labels["RC"] == 4 and info.regions["RC"] == [4] and info.regions["ET"] == [3]
+    assert (
+        info.props.labels["RC"] == 4
+        and info.props.regions["RC"] == [4]
+        and info.props.regions["ET"] == [3]
+    )
     lab = np.asarray(nib.load(str(info.cases[0].label)).dataobj)
     assert sorted(np.unique(lab).tolist()) == [0, 1, 2, 3, 4]
 
@@ -175,8 +182,8 @@ def _kits(root: Path, cases, seg_name="segmentation", instances=False, test_case
 def test_kits_editions(tmp_path, kw, edition, regions):
     out = convert("kits", _kits(tmp_path / "data", **kw), tmp_path / "out")
     info = load_dataset(out)
-    assert info.medtune["edition"] == edition and info.regions == regions
-    assert info.channel_names == ["CT"] and info.modality == "ct"
+    assert info.props.conventions["edition"] == edition and info.props.regions == regions
+    assert info.props.channel_names == ["CT"] and info.props.modality == "ct"
     assert len(info.cases) == 2 and len(info.test_cases) == (1 if "test_case" in kw else 0)
 
 
@@ -219,7 +226,7 @@ def test_msd_read_in_place_and_converted(tmp_path):
     assert check_dataset(src)[1] == []
     img, lab, _ = load_case(preprocess_dataset(src, tmp_path / "cache"), "BRATS_001")
     assert img.shape == (4, SHAPE[2], SHAPE[0], SHAPE[1]) and lab.max() == 3
-    assert info.labels == {
+    assert info.props.labels == {
         "background": 0,
         "edema": 1,
         "non-enhancing tumor": 2,
@@ -227,11 +234,11 @@ def test_msd_read_in_place_and_converted(tmp_path):
     }
     out = convert("msd", src, tmp_path / "out")
     conv = load_dataset(out)
-    assert conv.layout == "nnunet" and conv.channel_names == ["FLAIR", "T1w", "t1gd", "T2w"]
+    assert conv.layout == "nnunet" and conv.props.channel_names == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert (
-        conv.regions == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
-        and conv.et_label == 3
-        and conv.netc_label == 2
+        conv.props.regions == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+        and conv.props.et_label == 3
+        and conv.props.netc_label == 2
     )
     assert [int(np.asarray(nib.load(str(p)).dataobj).max()) for p in conv.cases[0].images] == [
         1,

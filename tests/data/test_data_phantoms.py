@@ -21,11 +21,13 @@ def _ras(path):
 
 def test_brats_phantom_dataset_layout_and_labels(brats_root):
     info = load_dataset(brats_root)
-    assert info.channel_names == ["FLAIR", "T1", "T1ce", "T2"]
-    assert info.labels == {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
-    assert info.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
-    assert info.et_label == 3 and info.netc_label == 1 and info.source_labels[3] == 4
-    assert info.modality == "mri" and len(info.cases) == 4
+    assert info.props.channel_names == ["FLAIR", "T1", "T1ce", "T2"]
+    assert info.props.labels == {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
+    assert info.props.regions == {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+    assert (
+        info.props.et_label == 3 and info.props.netc_label == 1 and info.props.source_labels[3] == 4
+    )
+    assert info.props.modality == "mri" and len(info.cases) == 4
     for case in info.cases:
         lab = nib.load(str(case.label))
         assert sorted(np.unique(np.asarray(lab.dataobj)).tolist()) == [0, 1, 2, 3]
@@ -88,8 +90,8 @@ def test_knobs_change_difficulty_and_are_validated():
 
 def test_kits_phantom_hounsfield_values(kits_root):
     info = load_dataset(kits_root)
-    assert info.channel_names == ["CT"] and info.modality == "ct"
-    assert info.regions == {"kidney": [1, 2], "tumour": [2]}
+    assert info.props.channel_names == ["CT"] and info.props.modality == "ct"
+    assert info.props.regions == {"kidney": [1, 2], "tumour": [2]}
     img = _ras(kits_root / "imagesTr/kits_000_0000.nii.gz").astype(float)
     lab = _ras(kits_root / "labelsTr/kits_000.nii.gz")
     assert img.min() < -900 and np.median(img[0, 0]) < -900  # air around the body

@@ -14,6 +14,7 @@ from medtune.data.preprocess import (
     load_case,
     preprocess_dataset,
     preprocess_image,
+    read_cache_index,
     read_props,
     restore_to_original,
 )
@@ -94,9 +95,9 @@ def test_ct_uses_dataset_percentiles(tmp_path):
     _oblique_dataset(tmp_path / "ds", modality="ct")
     cache = preprocess_dataset(tmp_path / "ds", tmp_path / "cache")
     props = read_props(cache)
-    norm = props["normalisation"][0]
+    norm = props.normalisation[0]
     assert (
-        props["modality"] == "ct"
+        props.modality == "ct"
         and norm["scheme"] == "ct"
         and 50 <= norm["lower"] < norm["upper"] <= 100
     )
@@ -148,7 +149,9 @@ def test_ensure_cache_default_location(brats_copy):
 
 
 def test_bad_inputs_are_one_line_errors(brats_cache, tmp_path):
-    one_channel = Path(read_props(brats_cache)["dataset_root"]) / "imagesTr/brats_000_0000.nii.gz"
+    one_channel = (
+        Path(read_cache_index(brats_cache).dataset_root) / "imagesTr/brats_000_0000.nii.gz"
+    )
     with pytest.raises(MedtuneInputError, match="expected 4 channel"):
         preprocess_image([one_channel], brats_cache)
     with pytest.raises(MedtuneInputError, match="run medtune preprocess"):

@@ -17,7 +17,6 @@ from medtune.data.phantoms import write_phantoms
 from medtune.data.preprocess import ensure_cache, read_props
 from medtune.modeling.model import build_model
 from medtune.training.config import config_from_dict
-from medtune.training.run import PROPS_KEYS
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +41,7 @@ def tiny_run(phantom_data, tmp_path_factory) -> Path:
     random.seed(cfg.train.seed)
     model = build_model(cfg.model, load_weights=False)
     extra = {
-        "dataset": {k: props.get(k) for k in PROPS_KEYS},
+        "dataset": props.to_dict(),
         "crop_size": list(cfg.data.crop_size),
         "sw_overlap": cfg.train.sw_overlap,
     }

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtune.data.props import DatasetProps
+
 SHAPE = (16, 40, 40)  # phantom (D, H, W)
 CROP = [8, 32, 32]
 
@@ -91,23 +93,26 @@ class PositiveIsClass(nn.Module):
         return out
 
 
-def brats_props(channels=("A",), spacing=None) -> dict:
-    return {
-        "name": "hand",
-        "channel_names": list(channels),
-        "labels": {"background": 0, "NCR": 1, "ED": 2, "ET": 3},
-        "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},
-        "medtune": {
+def brats_props(channels=("A",), spacing=None) -> DatasetProps:
+    return DatasetProps.from_dict(
+        {
+            "name": "hand",
+            "channel_names": list(channels),
+            "labels": {"background": 0, "NCR": 1, "ED": 2, "ET": 3},
             "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},
-            "source_labels": {"1": 1, "2": 2, "3": 4},
-            "et_label": 3,
-            "netc_label": 1,
+            "medtune": {
+                "regions": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},
+                "source_labels": {"1": 1, "2": 2, "3": 4},
+                "et_label": 3,
+                "netc_label": 1,
+            },
+            "modality": "mri",
+            "file_ending": ".nii.gz",
+            "spacing": list(spacing) if spacing else None,
+            "normalisation": [{"scheme": "zscore_nonzero"} for _ in channels],
         },
-        "modality": "mri",
-        "file_ending": ".nii.gz",
-        "spacing": list(spacing) if spacing else None,
-        "normalisation": [{"scheme": "zscore_nonzero"} for _ in channels],
-    }
+        "brats_props",
+    )
 
 
 def write_hand_dataset(root: Path, with_et_convention=True) -> Path:
@@ -122,7 +127,7 @@ def write_hand_dataset(root: Path, with_et_convention=True) -> Path:
     aff = oblique_affine()
     save(img, aff, root / "imagesTr" / "case1_0000.nii.gz")
     save(lab, aff, root / "labelsTr" / "case1.nii.gz")
-    medtune = brats_props()["medtune"]
+    medtune = dict(brats_props().conventions)
     if not with_et_convention:
         medtune = {"regions": medtune["regions"]}
     (root / "dataset.json").write_text(

@@ -17,7 +17,8 @@ from medtune.cli import main
 from medtune.modeling.model import build_model
 from medtune.training.datamodule import ResumableLoader, ResumableSampler
 from medtune.training.module import SegLoss, effective_warmup_epochs, warmup_cosine
-from medtune.training.run import load_run_config, resolve_precision, train_run
+from medtune.training.run import load_run_config, train_run
+from medtune.training.setup import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +186,14 @@ def test_validation_only_at_the_end_with_dice_ce_and_accumulation(make_config, t
 def test_sync_batchnorm_only_for_trainable_norms_and_ddp_strategy():
     from lightning.pytorch.strategies import DDPStrategy
 
-    from medtune.training.run import _convert_sync_bn, resolve_strategy
+    from medtune.training.setup import convert_sync_bn, resolve_strategy
 
     net = torch.nn.Sequential(
         torch.nn.Conv3d(1, 4, 1), torch.nn.BatchNorm3d(4), torch.nn.BatchNorm3d(4)
     )
     for p in net[2].parameters():
         p.requires_grad_(False)
-    assert _convert_sync_bn(net) == 1
+    assert convert_sync_bn(net) == 1
     assert isinstance(net[1], torch.nn.SyncBatchNorm)
     assert type(net[2]) is torch.nn.BatchNorm3d
     from medtune.training.config import TrainConfig

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from medtune.core.atomic import atomic_write
-from medtune.core.errors import MedtuneInputError
+from medtune.core.errors import BackboneMismatchError, MedtuneInputError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -288,7 +288,7 @@ def check_backbone(
     """Refuse a backbone whose hash differs from the adapter's, unless `allow`."""
     expected = config["backbone_sha256"]
     if expected != found and not allow:
-        raise MedtuneInputError(
+        raise BackboneMismatchError(
             f"{Path(adapter_dir) / CONFIG_NAME}: backbone weights differ from those the adapter was "
             f"trained on (expected sha256 {expected}, found {found}); load the same pre-trained "
             "backbone, or pass allow_backbone_mismatch=True to load anyway"

@@ -24,7 +24,7 @@ def _phantoms(args: argparse.Namespace) -> int:
     info = load_dataset(out)
     print(
         f"wrote {len(info.cases)} {args.kind} phantoms to {out} "
-        f"(channels {', '.join(info.channel_names)}; labels {info.labels}; "
+        f"(channels {', '.join(info.props.channel_names)}; labels {info.props.labels}; "
         f"{time.perf_counter() - t0:.1f} s)"
     )
     return 0
@@ -37,11 +37,11 @@ def _convert(args: argparse.Namespace) -> int:
     from medtune.data.dataset import load_dataset
 
     info = load_dataset(out)
-    ed = info.medtune.get("edition", "")
+    ed = info.props.conventions.get("edition", "")
     print(
         f"converted {len(info.cases)} training and {len(info.test_cases)} test cases "
-        f"({args.format}{' ' + ed if ed else ''}) to {out}; labels {info.labels}; "
-        f"regions {info.regions}"
+        f"({args.format}{' ' + ed if ed else ''}) to {out}; labels {info.props.labels}; "
+        f"regions {info.props.regions}"
     )
     return 0
 
@@ -58,8 +58,8 @@ def _check_data(args: argparse.Namespace) -> int:
     assert info is not None
     print(
         f"ok: {args.dataset}: {len(info.cases)} training cases, {len(info.test_cases)} test cases, "
-        f"{info.num_channels} channel(s) ({', '.join(info.channel_names)}), modality {info.modality}, "
-        f"labels {info.labels}, regions {info.regions}"
+        f"{info.props.num_channels} channel(s) ({', '.join(info.props.channel_names)}), modality {info.props.modality}, "
+        f"labels {info.props.labels}, regions {info.props.regions}"
     )
     return 0
 

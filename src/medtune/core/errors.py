@@ -3,3 +3,7 @@
 
 class MedtuneInputError(ValueError):
     """Bad input the user can fix: a wrong file, value or combination, named in the message."""
+
+
+class BackboneMismatchError(MedtuneInputError):
+    """An adapter meets frozen backbone weights other than those it was trained on."""

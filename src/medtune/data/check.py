@@ -74,12 +74,12 @@ def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> 
             continue
         data, affine = got
         if want_4d:
-            if data.ndim != 4 or data.shape[3] != info.num_channels:
+            if data.ndim != 4 or data.shape[3] != info.props.num_channels:
                 problems.append(
                     Problem(
                         cid,
                         rel,
-                        f"a 4D image with {info.num_channels} channels last",
+                        f"a 4D image with {info.props.num_channels} channels last",
                         f"shape {data.shape}",
                     )
                 )
@@ -117,7 +117,7 @@ def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> 
     if first is not None:
         _compare(cid, rel, data.shape, affine, first, problems)
     vals = np.unique(data)
-    declared = set(info.labels.values())
+    declared = set(info.props.labels.values())
     if data.dtype.kind == "f" and not np.all(np.isfinite(vals) & (np.mod(vals, 1) == 0)):
         bad = [float(v) for v in vals if not (np.isfinite(v) and v == int(v))][:5]
         problems.append(Problem(cid, rel, "integer label values", f"{bad}"))

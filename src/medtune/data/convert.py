@@ -318,7 +318,7 @@ def convert_msd(src: Path, out: Path, link: bool = False) -> Path:
         raise MedtuneInputError(
             f"--src {src}: expected an MSD dataset.json with 'training' and 'modality', found an nnU-Net raw dataset (use it in place)"
         )
-    n = info.num_channels
+    n = info.props.num_channels
     for split, cases in (("Tr", info.cases), ("Ts", info.test_cases)):
         for case in tqdm(cases, desc=f"convert msd images{split}", unit="case", file=sys.stderr):
             img_path = case.images[0]
@@ -342,14 +342,22 @@ def convert_msd(src: Path, out: Path, link: bool = False) -> Path:
                 _place(case.label, out / "labelsTr" / case.case_id, ".nii.gz", link)
     meta = {
         "source_format": "msd",
-        "edition": f"MSD {info.name}",
-        "source_labels": {str(v): v for v in info.labels.values() if v},
+        "edition": f"MSD {info.props.name}",
+        "source_labels": {str(v): v for v in info.props.labels.values() if v},
     }
-    if _is_msd_brain(info.name, src):
+    if _is_msd_brain(info.props.name, src):
         meta.update(regions={"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}, et_label=3, netc_label=2)
     else:
-        meta["regions"] = info.regions
-    _dataset_json(out, info.name, info.channel_names, info.labels, len(info.cases), ".nii.gz", meta)
+        meta["regions"] = info.props.regions
+    _dataset_json(
+        out,
+        info.props.name,
+        info.props.channel_names,
+        info.props.labels,
+        len(info.cases),
+        ".nii.gz",
+        meta,
+    )
     return out
 
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medtune.core.errors import MedtuneInputError
-from medtune.data.io import NIFTI_ENDINGS, is_hidden, nifti_ending, strip_nifti
+from medtune.data.io import CHANNEL_RE, NIFTI_ENDINGS, is_hidden, nifti_ending, strip_nifti
+from medtune.data.props import DatasetProps
 
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 @dataclass
@@ -52,41 +51,15 @@ class CaseFiles:
 
 @dataclass
 class DatasetInfo:
-    """Everything medtune needs to know about a dataset, read from its folder in place."""
+    """A dataset read from its folder in place: its properties and its case files."""
 
     root: Path
-    name: str
     layout: str
-    channel_names: list[str]
-    labels: dict[str, int]
-    regions: dict[str, list[int]]
-    modality: str
-    file_ending: str
+    """`nnunet` (nnU-Net v2 raw) or `msd` (Medical Segmentation Decathlon)."""
+    props: DatasetProps
+    """Channels, labels, regions, label conventions (normalisation is added by preprocessing)."""
     cases: list[CaseFiles] = field(default_factory=list)
     test_cases: list[CaseFiles] = field(default_factory=list)
-    medtune: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
-
-    @property
-    def et_label(self) -> int | None:
-        """Enhancing-tumour label (brain tumour datasets), else None."""
-        return self.medtune.get("et_label")
-
-    @property
-    def netc_label(self) -> int | None:
-        """Necrotic / non-enhancing core label that small ET predictions are relabelled to."""
-        return self.medtune.get("netc_label")
-
-    @property
-    def source_labels(self) -> dict[int, int]:
-        """Label -> value in the source dataset's convention (identity when not converted)."""
-        src = self.medtune.get("source_labels") or {}
-        out = {v: v for v in self.labels.values()}
-        out.update({int(k): int(v) for k, v in src.items()})
-        return out
 
     def case(self, case_id: str) -> CaseFiles:
         for c in self.cases:
@@ -208,7 +181,7 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
                         ", ".join(p.name for p in paths),
                     )
                 )
-            m = _CHANNEL_RE.match(stem)
+            m = CHANNEL_RE.match(stem)
             if not m:
                 problems.append(
                     Problem(
@@ -416,18 +389,17 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
                 "none",
             )
         )
-    info = DatasetInfo(
-        root=root,
+    props = DatasetProps(
         name=str(data.get("name") or root.name),
-        layout="msd" if msd else "nnunet",
         channel_names=channels,
         labels=labels,
         regions=regions,
         modality=modality_from_channels(channels),
         file_ending=ending,
-        cases=tr,
-        test_cases=ts,
-        medtune=dict(extra, regions=regions),
+        conventions=dict(extra, regions=regions),
+    )
+    info = DatasetInfo(
+        root=root, layout="msd" if msd else "nnunet", props=props, cases=tr, test_cases=ts
     )
     return info, problems
 

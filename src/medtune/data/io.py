@@ -1,9 +1,17 @@
-"""Small file helpers shared by the data layer: NIfTI endings, atomic writes, JSON."""
+"""File I/O of the data layer: every NIfTI read and write, atomic writes, JSON.
+
+- names: `NIFTI_ENDINGS`, `CHANNEL_RE` (`CASE_0000`), `nifti_ending`, `strip_nifti`, `list_nifti`;
+- reading: `load_images` (MONAI `LoadImage`: channel files or one 4D file -> `(C, X, Y, Z)` with
+  its affine), `read_label_map` (label map and spacing as stored);
+- writing: `save_nifti` (new files), `write_like` (an output with a reference file's header and
+  geometry), `save_npy`, `save_json`, `copy_or_link`, all atomic (temporary name + rename).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,8 +20,11 @@ import nibabel as nib
 import numpy as np
 
 from medtune.core.atomic import atomic_write, atomic_write_text
+from medtune.core.errors import MedtuneInputError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+"""nnU-Net channel file stem `CASE_XXXX` (without the file ending)."""
 
 
 def nifti_ending(path: str | Path) -> str | None:
@@ -73,3 +84,88 @@ def file_fingerprint(path: Path) -> list:
     """[size, mtime_ns] of a file, used to tell whether a cached case is up to date."""
     st = Path(path).stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+def list_nifti(folder: Path) -> list[Path]:
+    """The NIfTI files of `folder` (not hidden, sorted by name)."""
+    return [
+        p
+        for p in sorted(Path(folder).iterdir())
+        if p.is_file() and not is_hidden(p) and nifti_ending(p)
+    ]
+
+
+def _loader():
+    from monai.transforms import LoadImage
+
+    return LoadImage(
+        reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32
+    )
+
+
+def load_images(files: list[Path] | Path | str):
+    """MetaTensor (C, X, Y, Z) from one file per channel or one 4D file (channels last on disk)."""
+    files = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
+    loader = _loader()
+    chans = []
+    for f in files:
+        try:
+            x = loader(str(f))
+        except Exception as exc:  # noqa: BLE001 - MONAI/nibabel raise many types for bad files
+            raise MedtuneInputError(
+                f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:120]} (run medtune check-data)"
+            ) from None
+        if x.ndim != 4:
+            raise MedtuneInputError(
+                f"{f}: expected a 3D image{' or 4D (channels last)' if len(files) == 1 else ''}, found shape {tuple(x.shape[1:])}"
+            )
+        chans.append(x)
+    shapes = {tuple(c.shape[1:]) for c in chans}
+    if len(shapes) > 1:
+        raise MedtuneInputError(
+            f"{files[0].parent}: expected channel files of one shape, found {sorted(shapes)}"
+        )
+    if len(chans) == 1:
+        return chans[0]
+    import torch
+
+    return torch.cat(chans, 0)
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Label map `(X, Y, Z)` as stored in the file, and its voxel spacing in mm."""
+    img = nib.load(str(path))
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.rint(arr)
+    arr = arr.astype(np.uint8 if arr.min() >= 0 and arr.max() < 256 else np.int32)
+    spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    return arr, tuple(float(s) for s in spacing)
+
+
+def write_like(data: np.ndarray, reference: Path, path: Path, description: str) -> Path:
+    """Write `data` `(X, Y, Z[, K])` as NIfTI with the header, sform and qform of `reference`
+    (its shape, affine and spacing), via a temporary name and a rename."""
+    ref = nib.load(str(reference))
+    klass = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
+    hdr = klass.header_class.from_header(ref.header)
+    sform, sform_code = ref.header.get_sform(coded=True)
+    qform, qform_code = ref.header.get_qform(coded=True)
+    hdr.set_data_dtype(data.dtype)
+    img = klass(data, ref.affine, header=hdr)
+    if sform is not None:
+        img.set_sform(sform, int(sform_code))
+    else:
+        img.set_sform(None, 0)
+    if qform is not None:
+        img.set_qform(qform, int(qform_code))
+    else:
+        img.set_qform(None, 0)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    img.header["descrip"] = description[:79].encode()
+    if data.ndim == 3:
+        img.header["intent_code"] = 0
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))

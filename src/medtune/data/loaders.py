@@ -4,8 +4,9 @@
 crop, padded when the volume is smaller; flips on the three axes; per-channel intensity scale
 and shift), optionally centred on foreground. Every sample depends only on
 (seed, epoch, index): a resumed run, or a different number of workers, sees the same crops.
-The epoch travels inside the index (`epoch * len(dataset) + i`), set by `EpochSampler`, so that
-persistent worker processes need no message.
+The epoch travels inside the index (`epoch * len(dataset) + i`), set by the training loader's
+sampler (`medtune.training.datamodule.ResumableSampler`), so that persistent worker processes
+need no message.
 
 The augmentations are the semantics of MONAI's `RandFlipd` (each axis with p = flip_prob),
 `RandScaleIntensityd(channel_wise=True)` (x * (1 + U(-s, s))) and
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
@@ -137,52 +138,3 @@ class VolumeDataset(Dataset):
             "label": torch.from_numpy(lab.astype(np.int64)),
             "case_id": self.case_ids[i],
         }
-
-
-class EpochSampler(Sampler[int]):
-    """Indices `epoch * n + i` for i in 0..n-1; `set_epoch` (Lightning calls it) moves on."""
-
-    def __init__(self, n: int, epoch: int = 0):
-        self.n = int(n)
-        self.epoch = int(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        base = self.epoch * self.n
-        return iter(range(base, base + self.n))
-
-
-def make_train_loader(
-    cache: str | Path, case_ids: list[str], cfg: DataConfig, seed: int = 0, epoch: int = 0
-) -> DataLoader:
-    """Batches {"image": (B, C, D, H, W), "label": (B, D, H, W)}; call `loader.sampler.set_epoch`."""
-    ds = TrainCropDataset(cache, case_ids, cfg, seed)
-    return DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        sampler=EpochSampler(len(ds), epoch),
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-        drop_last=False,
-    )
-
-
-def _collate_one(batch: list[dict]) -> dict:
-    b = batch[0]
-    return {"image": b["image"][None], "label": b["label"][None], "case_id": [b["case_id"]]}
-
-
-def make_val_loader(cache: str | Path, case_ids: list[str], num_workers: int = 0) -> DataLoader:
-    """One whole case per batch: {"image": (1, C, D, H, W), "label": (1, D, H, W), "case_id": [id]}."""
-    return DataLoader(
-        VolumeDataset(cache, case_ids),
-        batch_size=1,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate_one,
-    )

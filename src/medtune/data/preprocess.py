@@ -15,25 +15,28 @@ from the recorded affines.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import LoadImage, Orientation, Spacing
+from monai.transforms import Orientation, Spacing
 from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 from tqdm import tqdm
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.dataset import CaseFiles, DatasetInfo, load_dataset
-from medtune.data.io import file_fingerprint, save_json, save_npy
+from medtune.data.io import file_fingerprint, load_images, save_json, save_npy
+from medtune.data.props import DatasetProps
 
 CACHE_VERSION = 1
 PROPS_FILE = "dataset_props.json"
@@ -45,37 +48,6 @@ def default_cache_dir(root: str | Path) -> Path:
     """`medtune_cache/<dataset folder name>` beside the dataset folder."""
     root = Path(root).resolve()
     return root.parent / "medtune_cache" / root.name
-
-
-def _loader() -> LoadImage:
-    return LoadImage(
-        reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32
-    )
-
-
-def load_images(files: list[Path] | Path | str, is_4d: bool | None = None) -> torch.Tensor:
-    """MetaTensor (C, X, Y, Z) from one file per channel or one 4D file (channels last on disk)."""
-    files = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
-    loader = _loader()
-    chans = []
-    for f in files:
-        try:
-            x = loader(str(f))
-        except Exception as exc:  # noqa: BLE001 - MONAI/nibabel raise many types for bad files
-            raise MedtuneInputError(
-                f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:120]} (run medtune check-data)"
-            ) from None
-        if x.ndim != 4:
-            raise MedtuneInputError(
-                f"{f}: expected a 3D image{' or 4D (channels last)' if len(files) == 1 else ''}, found shape {tuple(x.shape[1:])}"
-            )
-        chans.append(x)
-    shapes = {tuple(c.shape[1:]) for c in chans}
-    if len(shapes) > 1:
-        raise MedtuneInputError(
-            f"{files[0].parent}: expected channel files of one shape, found {sorted(shapes)}"
-        )
-    return torch.cat(chans, 0) if len(chans) > 1 else chans[0]
 
 
 def _geometry(img, label, spacing):
@@ -130,13 +102,13 @@ def _spacing_of(affine: np.ndarray) -> list[float]:
     return [float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))]
 
 
-def to_model_space(img, label, props: dict):
+def to_model_space(img, label, props: DatasetProps):
     """(image (C, D, H, W) float32, label (D, H, W) uint8 or None, meta) in the cache's geometry."""
-    img, label, meta = _geometry(img, label, props.get("spacing"))
+    img, label, meta = _geometry(img, label, props.spacing)
     arr = img.numpy().astype(np.float32, copy=False)
     arr, sl = _crop(arr, meta)
     arr = np.ascontiguousarray(arr[(slice(None), *sl)].transpose(0, 3, 1, 2))
-    arr = _normalise(arr, props["normalisation"])
+    arr = _normalise(arr, props.normalisation)
     lab = None
     if label is not None:
         lab_xyz = np.rint(label.numpy()[0][sl])
@@ -147,8 +119,9 @@ def to_model_space(img, label, props: dict):
     return arr, lab, meta
 
 
-def _settings_key(props: dict) -> str:
-    key = json.dumps([CACHE_VERSION, props.get("spacing"), props["normalisation"]], sort_keys=True)
+def _settings_key(props: DatasetProps) -> str:
+    spacing = list(props.spacing) if props.spacing is not None else None
+    key = json.dumps([CACHE_VERSION, spacing, props.normalisation], sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -184,46 +157,74 @@ def _ct_stats(info: DatasetInfo) -> dict:
     }
 
 
-def _dataset_props(info: DatasetInfo, cache: Path, spacing) -> dict:
+@dataclass
+class CacheIndex:
+    """`dataset_props.json` of a cache folder: the dataset's properties and what was cached."""
+
+    props: DatasetProps
+    """Channels, labels, regions, conventions, normalisation and target spacing."""
+    cases: list[str]
+    """Training case ids."""
+    dataset_root: str
+    """The dataset folder the cache was built from."""
+    sources_fingerprint: str = ""
+    """Hash of every source file's size and mtime (CT statistics are recomputed when it changes)."""
+    format_version: int = CACHE_VERSION
+    """Cache format (a cache of an older format is rebuilt)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "dataset_root": self.dataset_root,
+            **self.props.to_dict(),
+            "cases": list(self.cases),
+            "sources_fingerprint": self.sources_fingerprint,
+        }
+
+
+def _cache_index(info: DatasetInfo, cache: Path, spacing) -> CacheIndex:
     sources = {c.case_id: _case_sources(c) for c in info.cases}
-    old = read_props(cache) if (cache / PROPS_FILE).is_file() else None
+    old = read_cache_index(cache) if (cache / PROPS_FILE).is_file() else None
     fp = hashlib.sha1(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
-    if info.modality == "ct":
+    if info.props.modality == "ct":
         if (
             old
-            and old.get("sources_fingerprint") == fp
-            and old["normalisation"][0].get("scheme") == "ct"
+            and old.sources_fingerprint == fp
+            and old.props.normalisation
+            and old.props.normalisation[0].get("scheme") == "ct"
         ):
-            norm = old["normalisation"]
+            norm = old.props.normalisation
         else:
             norm = [_ct_stats(info)]
     else:
-        norm = [{"scheme": "zscore_nonzero"} for _ in info.channel_names]
-    return {
-        "version": CACHE_VERSION,
-        "dataset_root": str(info.root.resolve()),
-        "name": info.name,
-        "channel_names": info.channel_names,
-        "labels": info.labels,
-        "regions": info.regions,
-        "modality": info.modality,
-        "medtune": info.medtune,
-        "file_ending": info.file_ending,
-        "spacing": list(spacing) if spacing is not None else None,
-        "normalisation": norm,
-        "cases": [c.case_id for c in info.cases],
-        "sources_fingerprint": fp,
-    }
+        norm = [{"scheme": "zscore_nonzero"} for _ in info.props.channel_names]
+    props = dataclasses.replace(info.props, normalisation=norm, spacing=spacing)
+    return CacheIndex(props, [c.case_id for c in info.cases], str(info.root.resolve()), fp)
 
 
-def read_props(cache: str | Path) -> dict:
-    """The dataset-level JSON of a cache folder."""
+def read_cache_index(cache: str | Path) -> CacheIndex:
+    """The `dataset_props.json` of a cache folder (versionless files are format 1)."""
     path = Path(cache) / PROPS_FILE
     if not path.is_file():
         raise MedtuneInputError(
             f"{path}: expected a preprocessing cache (run medtune preprocess), found none"
         )
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedtuneInputError(f"{path}: expected JSON, found {exc}") from None
+    return CacheIndex(
+        props=DatasetProps.from_dict(data, str(path)),
+        cases=[str(c) for c in data.get("cases") or []],
+        dataset_root=str(data.get("dataset_root") or ""),
+        sources_fingerprint=str(data.get("sources_fingerprint") or ""),
+        format_version=int(data.get("format_version", data.get("version", 1))),
+    )
+
+
+def read_props(cache: str | Path) -> DatasetProps:
+    """The dataset properties of a cache folder."""
+    return read_cache_index(cache).props
 
 
 def _is_current(cache: Path, case: CaseFiles, key: str) -> bool:
@@ -260,9 +261,9 @@ def _fg_samples(lab: np.ndarray, seed: int) -> np.ndarray:
 
 def _process_case(case: CaseFiles, cache: Path, props: dict, key: str) -> str:
     img = load_images(case.images)
-    if len(case.images) == 1 and img.shape[0] != len(props["channel_names"]):
+    if len(case.images) == 1 and img.shape[0] != props.num_channels:
         raise MedtuneInputError(
-            f"{case.images[0]}: expected {len(props['channel_names'])} channels, found {img.shape[0]}"
+            f"{case.images[0]}: expected {props.num_channels} channels, found {img.shape[0]}"
         )
     label = load_images(case.label)
     if tuple(label.shape[1:]) != tuple(img.shape[1:]):
@@ -270,10 +271,10 @@ def _process_case(case: CaseFiles, cache: Path, props: dict, key: str) -> str:
             f"{case.label}: expected the image shape {tuple(img.shape[1:])}, found {tuple(label.shape[1:])} (run medtune check-data)"
         )
     arr, lab, meta = to_model_space(img, label, props)
-    bad = sorted(set(np.unique(lab).tolist()) - set(props["labels"].values()))
+    bad = sorted(set(np.unique(lab).tolist()) - set(props.labels.values()))
     if bad:
         raise MedtuneInputError(
-            f"{case.label}: expected label values {sorted(props['labels'].values())}, found {bad} (run medtune check-data)"
+            f"{case.label}: expected label values {sorted(props.labels.values())}, found {bad} (run medtune check-data)"
         )
     out = cache / "cases"
     save_npy(arr, out / f"{case.case_id}.npy")
@@ -305,13 +306,22 @@ def preprocess_dataset(
         raise MedtuneInputError(
             f"{cache}: expected a writable cache folder, found {exc.strerror}"
         ) from None
-    props = _dataset_props(info, cache, spacing)
+    if (cache / PROPS_FILE).is_file():
+        old = read_cache_index(cache).format_version
+        if old != CACHE_VERSION:
+            print(
+                f"{cache}: cache format {old} is outdated (this medtune writes format "
+                f"{CACHE_VERSION}); rebuilding every case",
+                file=sys.stderr,
+            )
+    index = _cache_index(info, cache, spacing)
+    props = index.props
     key = _settings_key(props)
     todo = [c for c in info.cases if not _is_current(cache, c, key)]
-    save_json(props, cache / PROPS_FILE)
+    save_json(index.to_dict(), cache / PROPS_FILE)
     bar = tqdm(
         total=len(todo),
-        desc=f"preprocess {info.name}",
+        desc=f"preprocess {info.props.name}",
         unit="case",
         file=sys.stderr,
         disable=not todo,
@@ -378,12 +388,14 @@ def preprocess_image(image_files_or_4d, cache_or_props) -> tuple[np.ndarray, dic
     `image_files_or_4d` is one file per channel or one 4D file; `cache_or_props` a cache
     folder or its `dataset_props.json` content. `meta` feeds `restore_to_original`.
     """
-    props = cache_or_props if isinstance(cache_or_props, dict) else read_props(cache_or_props)
+    props = (
+        cache_or_props if isinstance(cache_or_props, DatasetProps) else read_props(cache_or_props)
+    )
     img = load_images(image_files_or_4d)
-    n = len(props["channel_names"])
+    n = props.num_channels
     if img.shape[0] != n:
         raise MedtuneInputError(
-            f"{image_files_or_4d}: expected {n} channel(s) ({', '.join(props['channel_names'])}), found {img.shape[0]}"
+            f"{image_files_or_4d}: expected {n} channel(s) ({', '.join(props.channel_names)}), found {img.shape[0]}"
         )
     arr, _, meta = to_model_space(img, None, props)
     return arr, meta

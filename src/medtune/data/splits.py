@@ -61,3 +61,32 @@ def get_splits(
     splits = make_splits(case_ids, num_folds, seed)
     save_json(splits, path)
     return splits
+
+
+def find_splits(
+    case_ids: list[str],
+    folders: list[Path],
+    num_folds: int = 5,
+    seed: int = 12345,
+    write_to: Path | None = None,
+) -> tuple[list[dict[str, list[str]]], str]:
+    """(folds, where they came from): the first `splits_final.json` among `folders`, else the
+    seeded folds of `make_splits`, written to `write_to` when given (training writes them into
+    its cache; evaluation makes the same folds in memory)."""
+    for folder in folders:
+        if (Path(folder) / SPLITS_FILE).is_file():
+            return get_splits(folder, case_ids), str(Path(folder) / SPLITS_FILE)
+    if write_to is not None:
+        return get_splits(write_to, case_ids, num_folds, seed), str(Path(write_to) / SPLITS_FILE)
+    return make_splits(case_ids, num_folds, seed), f"the folds made with seed {seed}"
+
+
+def select_fold(
+    splits: list[dict[str, list[str]]], fold: int, where: str, option: str
+) -> dict[str, list[str]]:
+    """Fold `fold` of `splits`; an index outside them raises naming `option` and `where`."""
+    if not 0 <= fold < len(splits):
+        raise MedtuneInputError(
+            f"{option}: expected 0..{len(splits) - 1} ({where} has {len(splits)} folds), found {fold}"
+        )
+    return splits[fold]

@@ -25,21 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from medtune.core.errors import MedtuneInputError
+from medtune.data.io import read_label_map
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 SPLITS = ("val", "train", "all")
 POSTPROCESS = ("brats",)
 MEAN_REGION = "mean"
 BRATS_MIN_VOXELS = 500
-
-
-def default_eval_dir(run_dir: str | Path, split: str, fold: int) -> Path:
-    """`RUN_DIR/eval_<split>_fold<K>`."""
-    return Path(run_dir) / f"eval_{split}_fold{fold}"
 
 
 def select_cases(
@@ -56,49 +51,22 @@ def select_cases(
     (e.g. the run's cache); when there is none they are made in memory with `make_splits`
     (`num_folds`, `split_seed`), exactly as training makes them, and not written.
     """
-    from medtune.data.splits import SPLITS_FILE, get_splits, make_splits
+    from medtune.data.splits import find_splits, select_fold
 
     if split not in SPLITS:
         raise MedtuneInputError(f"--split: expected one of {', '.join(SPLITS)}, found {split!r}")
     ids = [c.case_id for c in info.cases]
     if split == "all":
         return ids
-    where = f"the folds made with seed {split_seed}"
-    for d in (Path(info.root), *split_dirs):
-        if (Path(d) / SPLITS_FILE).is_file():
-            splits = get_splits(d, ids)
-            where = str(Path(d) / SPLITS_FILE)
-            break
-    else:
-        splits = make_splits(ids, num_folds, split_seed)
-    if not 0 <= fold < len(splits):
-        raise MedtuneInputError(
-            f"--fold: expected 0..{len(splits) - 1} ({where} has {len(splits)} folds), found {fold}"
-        )
-    chosen = list(splits[fold][split])
+    splits, where = find_splits(ids, [Path(info.root), *split_dirs], num_folds, split_seed)
+    chosen = list(select_fold(splits, fold, where, "--fold")[split])
     if not chosen:
         raise MedtuneInputError(f"--split {split} of fold {fold}: expected cases, found none")
     return chosen
 
 
-def _check_dataset(info, predictor: Predictor) -> None:
-    props = predictor.props
-    if info.num_channels != predictor.num_channels:
-        raise MedtuneInputError(
-            f"--data {info.root}: the model expects {predictor.num_channels} channel(s) "
-            f"({', '.join(props['channel_names'])}), the dataset has {info.num_channels} "
-            f"({', '.join(info.channel_names)})"
-        )
-    want = {str(k): int(v) for k, v in props["labels"].items()}
-    if sorted(want.values()) != sorted(info.labels.values()):
-        raise MedtuneInputError(
-            f"--data {info.root}: expected the labels the model was trained on {want}, "
-            f"found {info.labels}"
-        )
-
-
 def _brats_labels(info) -> tuple[int, int]:
-    et, netc = info.et_label, info.netc_label
+    et, netc = info.props.et_label, info.props.netc_label
     if et is None or netc is None:
         raise MedtuneInputError(
             f"--postprocess brats: expected 'et_label' and 'netc_label' in the 'medtune' key of "
@@ -107,27 +75,13 @@ def _brats_labels(info) -> tuple[int, int]:
     return int(et), int(netc)
 
 
-def _read_label(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Label map `(X, Y, Z)` as stored in the file, and its voxel spacing in mm."""
-    img = nib.load(str(path))
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.rint(arr)
-    arr = arr.astype(np.uint8 if arr.min() >= 0 and arr.max() < 256 else np.int32)
-    spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
-    return arr, tuple(float(s) for s in spacing)
-
-
 def predict_case_labels(
     predictor: Predictor, image_files: list[Path], tta: str = "none", progress: bool = False
 ) -> np.ndarray:
     """Predicted label map of one case, in the dataset's label values, on the input file's voxel
     grid `(X, Y, Z)` (crop, resampling and reorientation undone)."""
-    probs, idx, meta = predictor.predict_case(image_files, tta=tta, progress=progress)
-    del probs
-    return restore_labels(idx, predictor.label_values, meta)
+    pred = predictor.infer_case(image_files, tta=tta, progress=progress)
+    return restore_labels(pred.labels, predictor.props.label_values, pred.meta)
 
 
 def evaluate_predictor(
@@ -172,12 +126,12 @@ def evaluate_predictor(
                 f"--data {root}: expected a dataset folder, found no such folder"
             )
         info = load_dataset(root)
-    _check_dataset(info, predictor)
+    predictor.props.check_compatible(info.props, f"--data {info.root}")
     et_nc = _brats_labels(info) if postprocess == "brats" else None
     ids = list(case_ids) if case_ids is not None else [c.case_id for c in info.cases]
     cases = [info.case(cid) for cid in ids]  # unknown ids raise before any work
-    regions = info.regions
-    known = sorted(v for v in info.labels.values() if v != 0)
+    regions = info.props.regions
+    known = sorted(v for v in info.props.labels.values() if v != 0)
     mean_region = MEAN_REGION if len(regions) > 1 else None
 
     from tqdm import tqdm
@@ -189,7 +143,7 @@ def evaluate_predictor(
         bar.set_postfix_str(case.case_id)
         tc = time.perf_counter()
         pred = predict_case_labels(predictor, list(case.images), tta=tta)
-        gt, spacing = _read_label(case.label)
+        gt, spacing = read_label_map(case.label)
         if gt.shape != pred.shape:
             raise MedtuneInputError(
                 f"{case.label}: expected the image grid {pred.shape}, found {gt.shape} "
@@ -269,14 +223,15 @@ def evaluate_run(
     Returns:
         The summary written to `summary.json` (plus `out_dir`).
     """
-    from medtune.inference.predictor import RUN_CONFIG
+    from medtune.artifacts.run_dir import RunDir
 
-    run = Path(run_dir)
-    if not (run / RUN_CONFIG).is_file():
+    run = RunDir(Path(run_dir))
+    if not run.is_run():
         raise MedtuneInputError(
-            f"{run}: expected a run directory with {RUN_CONFIG} (written by medtune train), found none"
+            f"{run.path}: expected a run directory with {run.config.name} (written by medtune "
+            "train), found none"
         )
-    predictor = load_predictor(run, device=device, sw_batch_size=sw_batch_size)
+    predictor = load_predictor(run.path, device=device, sw_batch_size=sw_batch_size)
     cfg = predictor.run_config
     fold = cfg.data.fold if fold is None else int(fold)
     from medtune.data.dataset import load_dataset
@@ -291,7 +246,7 @@ def evaluate_run(
     ids = select_cases(
         info, split, fold, cfg.data.num_folds, cfg.data.split_seed, tuple(split_dirs)
     )
-    out = Path(out) if out is not None else default_eval_dir(run, split, fold)
+    out = Path(out) if out is not None else run.eval_dir(split, fold)
     return evaluate_predictor(
         predictor,
         data_dir,
@@ -300,7 +255,7 @@ def evaluate_run(
         tta=tta,
         postprocess=postprocess,
         nsd_tolerance_mm=nsd_tolerance_mm,
-        summary_extra={"run_dir": str(run.resolve()), "split": split, "fold": fold},
+        summary_extra={"run_dir": str(run.path.resolve()), "split": split, "fold": fold},
         progress=progress,
         info=info,
     )

@@ -18,7 +18,6 @@ Nothing is ever written into an input folder, and existing outputs are kept unle
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections import defaultdict
@@ -28,11 +27,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medtune.core.atomic import atomic_write
 from medtune.core.errors import MedtuneInputError
+from medtune.data.io import CHANNEL_RE, list_nifti, nifti_ending, strip_nifti, write_like
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 OUT_ENDING = ".nii.gz"
 PROBS_SUFFIX = "_probs"
 
@@ -45,24 +43,14 @@ class InputCase:
     files: list[Path]
 
 
-def _nifti_files(folder: Path) -> list[Path]:
-    from medtune.data.io import is_hidden, nifti_ending
-
-    return [
-        p for p in sorted(folder.iterdir()) if p.is_file() and not is_hidden(p) and nifti_ending(p)
-    ]
-
-
 def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
     """Group the NIfTI files of one folder into cases (channel files by CASE, others alone)."""
-    from medtune.data.io import strip_nifti
-
     n = len(channel_names)
     groups: dict[str, dict[int, Path]] = defaultdict(dict)
     cases: list[InputCase] = []
     for f in files:
         stem = strip_nifti(f)
-        m = _CHANNEL_RE.match(stem)
+        m = CHANNEL_RE.match(stem)
         if not m:
             cases.append(InputCase(stem, [f]))
             continue
@@ -94,8 +82,6 @@ def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
 
 def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
     """Cases of `inputs` (a path or a list of paths: files or folders), sorted by case id."""
-    from medtune.data.io import nifti_ending, strip_nifti
-
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
     if not paths:
         raise MedtuneInputError("--input: expected a NIfTI file or a folder, found nothing")
@@ -110,22 +96,22 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
                 raise MedtuneInputError(
                     f"--input {p}: expected a .nii.gz or .nii file, found {p.name}"
                 )
-            m = _CHANNEL_RE.match(strip_nifti(p))
+            m = CHANNEL_RE.match(strip_nifti(p))
             if m:  # one channel file: take its siblings of the same case
                 siblings = [
                     f
-                    for f in _nifti_files(p.parent)
-                    if (s := _CHANNEL_RE.match(strip_nifti(f))) and s["case"] == m["case"]
+                    for f in list_nifti(p.parent)
+                    if (s := CHANNEL_RE.match(strip_nifti(f))) and s["case"] == m["case"]
                 ]
                 cases.extend(_group(siblings, channel_names))
             else:
                 cases.append(InputCase(strip_nifti(p), [p]))
             continue
-        files = _nifti_files(p)
+        files = list_nifti(p)
         found = _group(files, channel_names) if files else []
         if not files:
             for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
-                sub_files = _nifti_files(sub)
+                sub_files = list_nifti(sub)
                 if sub_files:
                     found.extend(_group(sub_files, channel_names))
         if not found:
@@ -215,33 +201,7 @@ def _check_out(
         )
 
 
-def write_like(data: np.ndarray, reference: Path, path: Path, description: str) -> Path:
-    """Write `data` `(X, Y, Z[, K])` as NIfTI with the header, sform and qform of `reference`
-    (its shape, affine and spacing), via a temporary name and a rename."""
-    ref = nib.load(str(reference))
-    klass = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
-    hdr = klass.header_class.from_header(ref.header)
-    sform, sform_code = ref.header.get_sform(coded=True)
-    qform, qform_code = ref.header.get_qform(coded=True)
-    hdr.set_data_dtype(data.dtype)
-    img = klass(data, ref.affine, header=hdr)
-    if sform is not None:
-        img.set_sform(sform, int(sform_code))
-    else:
-        img.set_sform(None, 0)
-    if qform is not None:
-        img.set_qform(qform, int(qform_code))
-    else:
-        img.set_qform(None, 0)
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["cal_min"], img.header["cal_max"] = 0, 0
-    img.header["descrip"] = description[:79].encode()
-    if data.ndim == 3:
-        img.header["intent_code"] = 0
-    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
-
-
-def predict_case(
+def write_case_prediction(
     predictor: Predictor,
     case: InputCase,
     out_dir: Path,
@@ -252,7 +212,9 @@ def predict_case(
     """Predict one case and write its outputs; returns the written paths (labels first)."""
     from medtune.data.preprocess import restore_to_original
 
-    probs, idx, meta = predictor.predict_case(case.files, tta=tta, progress=progress)
+    pred = predictor.infer_case(case.files, tta=tta, progress=progress)
+    probs, idx, meta = pred.probs, pred.labels, pred.meta
+    del pred
     paths = output_paths(out_dir, case.case_id, save_probabilities)
     if save_probabilities:
         restored = restore_to_original(probs.numpy(), meta)  # (K, X, Y, Z)
@@ -266,7 +228,7 @@ def predict_case(
         del restored
     else:
         del probs
-    labels = restore_labels(idx, predictor.source_lut(), meta, wide_dtype=np.int16)
+    labels = restore_labels(idx, predictor.props.source_lut(), meta, wide_dtype=np.int16)
     write_like(labels, case.files[0], paths[0], "medtune predict labels")
     return paths
 
@@ -305,13 +267,13 @@ def predict_files(
     out = Path(out_dir)
     if isinstance(adapter_or_run_dir, Predictor):
         predictor = adapter_or_run_dir
-        channel_names = list(predictor.props["channel_names"])
+        channel_names = list(predictor.props.channel_names)
         cases = find_cases(inputs, channel_names)
     else:
         # Inputs and outputs are checked before the model is loaded; the channel names come
         # from the adapter's config, which is cheap to read.
         from medtune.artifacts.adapters import read_adapter_config
-        from medtune.inference.predictor import resolve_model_dir
+        from medtune.artifacts.run_dir import resolve_model_dir
 
         adapter_dir, _ = resolve_model_dir(adapter_or_run_dir)
         ds = (read_adapter_config(adapter_dir).get("extra") or {}).get("dataset") or {}
@@ -319,7 +281,7 @@ def predict_files(
         predictor = None
         if not channel_names:
             predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
-            channel_names = list(predictor.props["channel_names"])
+            channel_names = list(predictor.props.channel_names)
         cases = find_cases(inputs, channel_names)
     for case in cases:
         _check_headers(case, channel_names)
@@ -331,7 +293,9 @@ def predict_files(
     written = []
     for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
-        paths = predict_case(predictor, case, out, tta, save_probabilities, progress=progress)
+        paths = write_case_prediction(
+            predictor, case, out, tta, save_probabilities, progress=progress
+        )
         written.append(paths[0])
         if progress:
             print(

@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtune.core.errors import MedtuneInputError
+from medtune.artifacts.adapters import CONFIG_NAME
+from medtune.artifacts.run_dir import RunDir, resolve_model_dir
+from medtune.core.errors import BackboneMismatchError, MedtuneInputError
+from medtune.data.props import DatasetProps
+from medtune.inference.sliding_window import DEFAULT_OVERLAP
 
-RUN_CONFIG = "config.yaml"
-ADAPTER_SUBDIR = "adapter"
-DEFAULT_OVERLAP = 2 / 3
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -59,31 +60,6 @@ def resolve_device(device: str | None) -> torch.device:
     raise MedtuneInputError(f"--device: expected one of {', '.join(DEVICES)}, found {name!r}")
 
 
-def resolve_model_dir(path: str | Path) -> tuple[Path, Path | None]:
-    """(adapter folder, run directory or None) of a run directory or an adapter folder."""
-    from medtune.artifacts.adapters import CONFIG_NAME
-
-    p = Path(path)
-    if not p.exists():
-        raise MedtuneInputError(
-            f"{p}: expected a run directory or an adapter folder, found no such path"
-        )
-    if (p / CONFIG_NAME).is_file():
-        run = p.parent if (p.parent / RUN_CONFIG).is_file() else None
-        return p, run
-    if (p / ADAPTER_SUBDIR / CONFIG_NAME).is_file():
-        return p / ADAPTER_SUBDIR, p
-    if (p / RUN_CONFIG).is_file():
-        raise MedtuneInputError(
-            f"{p / ADAPTER_SUBDIR / CONFIG_NAME}: expected the adapter of a finished run, found none "
-            "(has training written its first adapter yet?)"
-        )
-    raise MedtuneInputError(
-        f"{p}: expected a run directory (config.yaml + adapter/) or an adapter folder "
-        f"({CONFIG_NAME}), found neither"
-    )
-
-
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch, numpy and random as `medtune train` does before building the model; the
@@ -101,13 +77,25 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 @dataclass
+class CasePrediction:
+    """One case predicted in the preprocessed grid, and what maps it back to its input file."""
+
+    probs: torch.Tensor
+    """Class probabilities `(K, D, H, W)` float32 (CPU)."""
+    labels: np.ndarray
+    """Most probable class index per voxel `(D, H, W)` uint8."""
+    meta: dict[str, Any]
+    """Geometry record of `preprocess_image` (for `restore_to_original`)."""
+
+
+@dataclass
 class Predictor:
     """A model plus what whole-volume inference needs to run it as it was trained.
 
     Attributes:
         model: callable mapping windows `(B, C, d, h, w)` to logits `(B, K, d, h, w)`.
-        props: dataset properties (`channel_names`, `labels` name -> value, `regions`,
-            `medtune`, `spacing`, `normalisation`), as in a cache's `dataset_props.json`.
+        props: the training dataset's properties (channels, labels, regions, conventions,
+            normalisation, target spacing).
         window: sliding window `(d, h, w)`, the training crop.
         overlap: sliding-window overlap (paper: 2/3, i.e. a stride of 1/3 window).
         sw_batch_size: windows per model call.
@@ -115,7 +103,7 @@ class Predictor:
     """
 
     model: Callable[[torch.Tensor], torch.Tensor]
-    props: dict[str, Any]
+    props: DatasetProps
     window: tuple[int, int, int]
     overlap: float = DEFAULT_OVERLAP
     sw_batch_size: int = 1
@@ -132,38 +120,11 @@ class Predictor:
             raise MedtuneInputError(
                 f"window: expected 3 positive ints (d, h, w), found {self.window}"
             )
-        for key in ("channel_names", "labels", "normalisation"):
-            if key not in self.props:
-                raise MedtuneInputError(
-                    f"{self.source or 'dataset properties'}: expected '{key}' in the dataset "
-                    f"properties, found keys {sorted(self.props)}"
-                )
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.props["channel_names"])
-
-    @property
-    def label_values(self) -> np.ndarray:
-        """Class index -> label value of the dataset, `(K,)` int64 (sorted label values)."""
-        return np.array(sorted(int(v) for v in self.props["labels"].values()), dtype=np.int64)
-
-    @property
-    def conventions(self) -> dict[str, Any]:
-        return dict(self.props.get("medtune") or {})
-
-    @property
-    def regions(self) -> dict[str, list[int]]:
-        regions = self.props.get("regions") or self.conventions.get("regions") or {}
-        if not regions:
-            regions = {n: [int(v)] for n, v in self.props["labels"].items() if int(v) != 0}
-        return {str(k): [int(x) for x in v] for k, v in regions.items()}
-
-    def source_lut(self) -> np.ndarray:
-        """Class index -> label value in the source dataset's convention (`source_labels`, e.g.
-        BraTS 2019 ET 3 -> 4), `(K,)` int64."""
-        src = {int(k): int(v) for k, v in (self.conventions.get("source_labels") or {}).items()}
-        return np.array([src.get(int(v), int(v)) for v in self.label_values], dtype=np.int64)
+        if not self.props.normalisation:
+            raise MedtuneInputError(
+                f"{self.source or 'dataset properties'}: expected the per-channel normalisation "
+                "of the training data, found none"
+            )
 
     def predict_probs(
         self, image: np.ndarray | torch.Tensor, tta: str = "none", progress: bool = False
@@ -171,7 +132,6 @@ class Predictor:
         """Probabilities `(K, D, H, W)` float32 (CPU) of a preprocessed image `(C, D, H, W)`."""
         from medtune.inference.sliding_window import predict_volume
 
-        num_classes = len(self.props["labels"])
         return predict_volume(
             self.model,
             torch.from_numpy(np.ascontiguousarray(image))
@@ -183,22 +143,22 @@ class Predictor:
             sw_batch_size=self.sw_batch_size,
             device=self.device,
             stitch_device="cpu",
-            num_classes=num_classes,
+            num_classes=self.props.num_classes,
             progress=progress,
         )
 
-    def predict_case(
+    def infer_case(
         self, files: list[Path], tta: str = "none", progress: bool = False
-    ) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
-        """One case from its image files: probabilities `(K, D, H, W)`, class indices
-        `(D, H, W)` (both in the preprocessed grid) and the meta that maps them back."""
+    ) -> CasePrediction:
+        """Preprocess one case from its image files (one per channel, or one 4D file) and
+        predict it (sliding windows, optional flip TTA)."""
         from medtune.data.preprocess import preprocess_image
         from medtune.inference.sliding_window import probs_to_labels
 
         image, meta = preprocess_image(files if len(files) > 1 else files[0], self.props)
         probs = self.predict_probs(image, tta=tta, progress=progress)
         del image
-        return probs, probs_to_labels(probs), meta
+        return CasePrediction(probs, probs_to_labels(probs), meta)
 
 
 def restore_labels(
@@ -212,22 +172,29 @@ def restore_labels(
     return restore_to_original(values.astype(dtype)[idx], meta)
 
 
-def _run_config(run_dir: Path | None):
-    if run_dir is None:
+def _run_config(run: RunDir | None):
+    if run is None:
         return None
     from medtune.training.config import load_config
 
-    return load_config(run_dir / RUN_CONFIG)
+    return load_config(run.config)
 
 
-def _props_from_run(run_cfg) -> dict[str, Any] | None:
-    """Dataset properties from the run's preprocessing cache, when it still exists."""
-    if run_cfg is None or not run_cfg.data.cache:
-        return None
-    from medtune.data.preprocess import PROPS_FILE, read_props
+def _props(adapter_dir: Path, extra: dict[str, Any], run_cfg) -> DatasetProps:
+    """The dataset properties of the adapter's extra, else of the run's cache when it exists."""
+    where = str(adapter_dir / CONFIG_NAME)
+    if extra.get("dataset"):
+        return DatasetProps.from_dict(extra["dataset"], f"{where} extra['dataset']")
+    if run_cfg is not None and run_cfg.data.cache:
+        from medtune.data.preprocess import PROPS_FILE, read_props
 
-    cache = Path(run_cfg.data.cache)
-    return read_props(cache) if (cache / PROPS_FILE).is_file() else None
+        cache = Path(run_cfg.data.cache)
+        if (cache / PROPS_FILE).is_file():
+            return read_props(cache)
+    raise MedtuneInputError(
+        f"{where}: expected dataset properties in extra['dataset'] (written by medtune train), "
+        "found none and no run cache to read them from"
+    )
 
 
 def _build_model(adapter_dir: Path, config: dict[str, Any], seed: int) -> torch.nn.Module:
@@ -238,14 +205,14 @@ def _build_model(adapter_dir: Path, config: dict[str, Any], seed: int) -> torch.
     try:
         with _seeded(seed):
             return load_adapter(adapter_dir, load_backbone_weights=not whole)
-    except MedtuneInputError as exc:
-        if "backbone weights differ" in str(exc) and not backbone.get("pretrained"):
-            raise MedtuneInputError(
-                f"{adapter_dir}: the adapter's backbone was randomly initialised (pretrained: "
-                f"false) and rebuilding it with seed {seed} gives other weights; expected the run "
-                "directory (its config.yaml names the seed) or an adapter whose extra has 'seed'"
-            ) from exc
-        raise
+    except BackboneMismatchError as exc:
+        if backbone.get("pretrained"):
+            raise
+        raise MedtuneInputError(
+            f"{adapter_dir}: the adapter's backbone was randomly initialised (pretrained: "
+            f"false) and rebuilding it with seed {seed} gives other weights; expected the run "
+            "directory (its config.yaml names the seed) or an adapter whose extra has 'seed'"
+        ) from exc
 
 
 def load_predictor(
@@ -258,22 +225,16 @@ def load_predictor(
     """
     from medtune.artifacts.adapters import read_adapter_config
 
-    adapter_dir, run_dir = resolve_model_dir(path)
+    adapter_dir, run = resolve_model_dir(path)
     config = read_adapter_config(adapter_dir)
     extra = config.get("extra") or {}
-    run_cfg = _run_config(run_dir)
+    run_cfg = _run_config(run)
     dev = resolve_device(device)
-
-    props = extra.get("dataset") or _props_from_run(run_cfg)
-    if not props:
-        raise MedtuneInputError(
-            f"{adapter_dir / 'adapter_config.json'}: expected dataset properties in extra['dataset'] "
-            "(written by medtune train), found none and no run cache to read them from"
-        )
+    props = _props(adapter_dir, extra, run_cfg)
     window = extra.get("crop_size") or (run_cfg.data.crop_size if run_cfg else None)
     if not window:
         raise MedtuneInputError(
-            f"{adapter_dir / 'adapter_config.json'}: expected the training window in "
+            f"{adapter_dir / CONFIG_NAME}: expected the training window in "
             "extra['crop_size'], found none"
         )
     overlap = extra.get("sw_overlap")
@@ -281,26 +242,24 @@ def load_predictor(
         overlap = run_cfg.train.sw_overlap if run_cfg else DEFAULT_OVERLAP
     seed = int(run_cfg.train.seed) if run_cfg else int(extra.get("seed", 0))
     num_classes = int((config.get("model") or {}).get("num_classes", 0))
-    if num_classes != len(props["labels"]):
+    if num_classes != props.num_classes:
         raise MedtuneInputError(
-            f"{adapter_dir / 'adapter_config.json'}: the model has {num_classes} classes, its "
-            f"dataset properties list {len(props['labels'])} labels {props['labels']}"
+            f"{adapter_dir / CONFIG_NAME}: the model has {num_classes} classes, its "
+            f"dataset properties list {props.num_classes} labels {props.labels}"
         )
     model = _build_model(adapter_dir, config, seed)
     model.eval()
     model.to(dev)
+    batch = sw_batch_size or extra.get("sw_batch_size")
+    batch = batch or (run_cfg.train.sw_batch_size if run_cfg else 1)
     return Predictor(
         model=model,
-        props=dict(props),
+        props=props,
         window=tuple(window),
         overlap=float(overlap),
-        sw_batch_size=int(
-            sw_batch_size
-            or extra.get("sw_batch_size")
-            or (run_cfg.train.sw_batch_size if run_cfg else 1)
-        ),
+        sw_batch_size=int(batch),
         device=dev,
         source=str(adapter_dir),
-        run_dir=run_dir,
+        run_dir=run.path if run else None,
         run_config=run_cfg,
     )

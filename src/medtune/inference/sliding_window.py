@@ -22,6 +22,9 @@ import torch
 
 from medtune.core.errors import MedtuneInputError
 
+DEFAULT_OVERLAP = 2 / 3
+"""The paper's sliding-window overlap (a stride of 1/3 window); training and inference default."""
+
 TTA_MODES = ("none", "flip8")
 """Accepted values of `predict_volume`'s `tta`."""
 
@@ -54,7 +57,7 @@ def predict_volume(
     model: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor | np.ndarray,
     window: Sequence[int],
-    overlap: float = 2 / 3,
+    overlap: float = DEFAULT_OVERLAP,
     tta: str = "none",
     sw_batch_size: int = 1,
     device: str | torch.device = "cpu",

@@ -22,10 +22,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
+from medtune.artifacts.run_dir import ADAPTER_DIR, ADAPTER_LAST_DIR, RunDir
 from medtune.modeling.model import SegModel
-
-LAST_CKPT = "last.ckpt"
-STATE_DIR = "trainer_state"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -122,7 +120,7 @@ class RunCheckpointer(Checkpoint):
 
     @property
     def last_ckpt(self) -> Path:
-        return self.run_dir / STATE_DIR / LAST_CKPT
+        return RunDir(self.run_dir).last_ckpt
 
     def save_state(self, trainer: pl.Trainer) -> None:
         """Write `trainer_state/last.ckpt` (every process must call it; rank 0 writes)."""
@@ -150,11 +148,11 @@ class RunCheckpointer(Checkpoint):
         self.save_state(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.save_adapter(pl_module, "adapter_last", trainer)
+        self.save_adapter(pl_module, ADAPTER_LAST_DIR, trainer)
         self.save_state(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "new_best", False):
             return
         pl_module.new_best = False
-        self.save_adapter(pl_module, "adapter", trainer)
+        self.save_adapter(pl_module, ADAPTER_DIR, trainer)

@@ -14,6 +14,7 @@ from typing import Any
 from medtune.core.configbase import apply_overrides, from_dict, load_yaml, to_dict
 from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
+from medtune.inference.sliding_window import DEFAULT_OVERLAP
 from medtune.modeling.model import ModelConfig
 
 
@@ -53,7 +54,7 @@ class TrainConfig:
     """Deterministic algorithms (slower; used by the resume tests)."""
     val_every: int = 10
     """Validate every N epochs and after the last one (sliding-window Dice; 0: only at the end)."""
-    sw_overlap: float = 0.6666666666666666
+    sw_overlap: float = DEFAULT_OVERLAP
     """Sliding-window overlap for validation and evaluation (paper: stride 1/3 window)."""
     sw_batch_size: int = 1
     """Windows per forward pass in sliding-window inference."""

@@ -113,6 +113,24 @@ def _collate_volume(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def train_loader(
+    dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1
+) -> ResumableLoader:
+    """The training loader over `dataset` (indices `epoch * len + i`, this process's share):
+    what training uses, and what `benchmarks/data_loading.py` times."""
+    return ResumableLoader(
+        dataset,
+        ResumableSampler(len(dataset), rank, world),
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=False,
+        # A private generator: creating iterators never draws from the global RNG, so a
+        # resumed run's global RNG stream (dropout) matches the uninterrupted run's.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def epoch_samples(data: DataConfig, train: TrainConfig, n_train_cases: int, world: int) -> int:
     """Training crops per epoch over all processes."""
     if train.steps_per_epoch is not None:
@@ -154,18 +172,7 @@ class SegDataModule(pl.LightningDataModule):
         n = epoch_samples(self.data_cfg, self.train_cfg, len(self.train_ids), world)
         cfg = dataclasses.replace(self.data_cfg, samples_per_epoch=n)
         ds = TrainCropDataset(self.cache, self.train_ids, cfg, seed=self.train_cfg.seed)
-        workers = cfg.num_workers
-        return ResumableLoader(
-            ds,
-            ResumableSampler(len(ds), rank, world),
-            batch_size=cfg.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=False,
-            # A private generator: creating iterators never draws from the global RNG, so a
-            # resumed run's global RNG stream (dropout) matches the uninterrupted run's.
-            generator=torch.Generator().manual_seed(self.train_cfg.seed),
-        )
+        return train_loader(ds, cfg.batch_size, cfg.num_workers, self.train_cfg.seed, rank, world)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

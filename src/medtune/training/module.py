@@ -176,11 +176,7 @@ class SegTrainModule(pl.LightningModule):
         t = self.trainer.strategy.reduce(t, reduce_op="sum")
         mean = float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
         self.log("train/epoch_loss", mean, sync_dist=False)
-        entry = next((h for h in self.history if h["epoch"] == self.current_epoch + 1), None)
-        if entry is None:
-            entry = {"epoch": self.current_epoch + 1}
-            self.history.append(entry)
-        entry["train_loss"] = mean
+        self.history_entry(self.current_epoch + 1)["train_loss"] = mean
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -240,15 +236,33 @@ class SegTrainModule(pl.LightningModule):
         for r, v in per_region.items():
             self.log(f"val/dice_{r}", v, sync_dist=False)
         self.log("val/mean_dice", mean, prog_bar=True, sync_dist=False)
+        self.record_validation(epoch, per_region)
+
+    # --- history -------------------------------------------------------------------------
+    def history_entry(self, epoch: int) -> dict[str, Any]:
+        """The history entry of `epoch` (1-based), created when missing."""
         entry = next((h for h in self.history if h["epoch"] == epoch), None)
         if entry is None:
             entry = {"epoch": epoch}
             self.history.append(entry)
+        return entry
+
+    def record_validation(self, epoch: int, per_region: dict[str, float]) -> None:
+        """Record the validation Dice of `epoch` and whether it is a new best."""
+        mean = float(np.mean(list(per_region.values())))
+        entry = self.history_entry(epoch)
         entry["val_mean_dice"] = mean
-        entry["val_dice"] = per_region
+        entry["val_dice"] = dict(per_region)
         self.new_best = mean > self.best["mean_dice"]
         if self.new_best:
-            self.best = {"mean_dice": mean, "epoch": epoch, "regions": per_region}
+            self.best = {"mean_dice": mean, "epoch": epoch, "regions": dict(per_region)}
+
+    def absorb_logged_validation(self, metrics: dict[str, Any], epoch: int) -> None:
+        """Record a validation that ran in other processes (`ddp_spawn`) from the metrics it
+        logged (`trainer.callback_metrics`), unless `epoch` is already validated here."""
+        if self.last_validated_epoch == epoch or "val/mean_dice" not in metrics:
+            return
+        self.record_validation(epoch, {r: float(metrics[f"val/dice_{r}"]) for r in self.regions})
 
     @property
     def last_validated_epoch(self) -> int:
