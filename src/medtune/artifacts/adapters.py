@@ -34,15 +34,12 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "medtune-adapter"
 FORMAT_VERSION = 1
 
-# Path segments that wrappers insert between a frozen module and its parent: peft's LoRA layers
-# (`qkv.base_layer.weight`) and medtune's method wrappers (`attn.wrapped.qkv.weight`). Removing
-# them gives the name the tensor had before the method was inserted.
-_WRAPPER_SEGMENTS = ("base_layer", "wrapped")
 
-
-def canonical_name(name: str) -> str:
-    """State-dict name with wrapper segments removed (the name before the method was inserted)."""
-    return ".".join(s for s in name.split(".") if s not in _WRAPPER_SEGMENTS)
+def canonical_name(name: str, wrapper_segments: tuple[str, ...]) -> str:
+    """State-dict name without the segments the method's wrappers insert (its
+    `wrapper_segments`, e.g. peft's `qkv.base_layer.weight`, medtune's `attn.wrapped.qkv`):
+    the name the tensor had before the method was inserted."""
+    return ".".join(s for s in name.split(".") if s not in wrapper_segments)
 
 
 def adapter_tensor_names(model: nn.Module) -> list[str]:
@@ -51,7 +48,7 @@ def adapter_tensor_names(model: nn.Module) -> list[str]:
     Parameters that are tuned or inserted; buffers of the decoder, of the modules in the
     backbone's `pre_block`/`post_block` hooks, and of any module owning such a parameter directly.
     """
-    inserted = set(getattr(model, "inserted_names", []))
+    inserted = set(model.inserted_names)
     keep = {n for n, p in model.named_parameters() if p.requires_grad} | inserted
     owners = {n.rpartition(".")[0] for n in keep}
     param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
@@ -80,7 +77,10 @@ def frozen_backbone_keys(
     held = set(adapter_tensor_names(model))
     if state is None:
         state = model.state_dict(keep_vars=True)
-    return {k: canonical_name(k) for k in state if k.startswith("backbone.") and k not in held}
+    segments = model.method.wrapper_segments if model.method is not None else ()
+    return {
+        k: canonical_name(k, segments) for k in state if k.startswith("backbone.") and k not in held
+    }
 
 
 def frozen_backbone_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -148,10 +148,10 @@ def save_adapter(
     from medtune import __version__
     from medtune.modeling.params import count_parameters
 
-    method = getattr(model, "method", None)
+    method = model.method
     if method is None:
         raise MedtuneInputError("save_adapter: the model has no tuning method applied")
-    if getattr(model, "merged", False):
+    if model.merged:
         raise MedtuneInputError(
             f"save_adapter: the {method.name} weights were merged into the backbone; "
             "save the adapter before merging (merging is for deployment)"
@@ -186,7 +186,7 @@ def save_adapter(
         "method": method.to_dict(),
         "model": cfg,
         "backbone": {
-            "name": getattr(backbone, "preset_name", backbone.timm_name),
+            "name": backbone.name,
             "timm_name": backbone.timm_name,
             "family": backbone.family,
             "in_chans": backbone.in_chans,
@@ -326,8 +326,7 @@ def load_adapter(
     if model is None:
         model = build_from_config(config, load_backbone_weights)
     else:
-        method = getattr(model, "method", None)
-        found = method.to_dict() if method is not None else None
+        found = model.method.to_dict() if model.method is not None else None
         if found != config["method"]:
             raise MedtuneInputError(
                 f"{cfg_path}: the adapter was trained with method {config['method']}, "

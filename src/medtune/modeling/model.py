@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.backbones import BackboneConfig, SliceBackbone, create_backbone
+from medtune.modeling.backbones import Backbone, BackboneConfig, create_backbone
 from medtune.modeling.decoders import DecoderConfig, create_decoder
 from medtune.modeling.methods import TuningMethod, create_method
 from medtune.modeling.slicing import SliceContext, fold_slices, unfold_slices
@@ -49,13 +49,16 @@ class ModelConfig:
 class SegModel(nn.Module):
     """Volume `(B, C, D, H, W)` -> logits `(B, K, D, H, W)` (softmax left to loss and inferer)."""
 
-    def __init__(self, backbone: SliceBackbone, decoder: nn.Module, num_classes: int):
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
         self.num_classes = num_classes
         self.inserted_names: list[str] = []
+        """Parameters the tuning method added (set by `TuningMethod.apply`)."""
         self.method: TuningMethod | None = None
+        self.merged = False
+        """True once a method folded its weights into the backbone (deployment only)."""
 
     @property
     def in_chans(self) -> int:
@@ -70,6 +73,8 @@ class SegModel(nn.Module):
         if c != self.in_chans:
             raise MedtuneInputError(f"model input: expected {self.in_chans} channels, found {c}")
         ctx = SliceContext(batch=b, depth=d)
+        if not self.backbone.folds_slices:  # a native 3D family: volumes in, volumes out
+            return self.decoder(self.backbone(x, ctx), (d, h, w))
         feats = self.backbone(fold_slices(x), ctx)
         logits = self.decoder(feats, (h, w))  # (B*D, K, H, W)
         return unfold_slices(logits, b)
@@ -102,10 +107,9 @@ def build_model(
         from medtune.modeling.backbones.weights import load_backbone_weights
 
         lines = load_backbone_weights(backbone, cfg.backbone)
-        if hasattr(decoder, "init_from_encoder") and backbone.family == "swin":
-            lines += [
-                f"decoder init: {c}" for c in decoder.init_from_encoder(backbone.model.layers)
-            ]
+        stages = backbone.stage_blocks()
+        if hasattr(decoder, "init_from_encoder") and stages:
+            lines += [f"decoder init: {c}" for c in decoder.init_from_encoder(stages)]
         if report is not None:
             report.extend(lines)
     method.apply(model)

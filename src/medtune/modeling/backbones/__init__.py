@@ -15,13 +15,14 @@ from torch import nn
 
 from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
-from medtune.modeling.backbones.base import FeatureInfo, InsertionPoint, SliceBackbone
+from medtune.modeling.backbones.base import Backbone, FeatureInfo, InsertionPoint, SliceBackbone
 from medtune.modeling.backbones.cnn import CNNSliceBackbone
 from medtune.modeling.backbones.swin import SwinSliceBackbone
 from medtune.modeling.backbones.vit import ViTSliceBackbone
 
 __all__ = [
     "BackboneConfig",
+    "Backbone",
     "BackbonePreset",
     "FeatureInfo",
     "InsertionPoint",
@@ -149,8 +150,8 @@ def create_timm_model(preset: BackbonePreset, cfg: BackboneConfig) -> nn.Module:
         ) from exc
 
 
-def create_backbone(cfg: BackboneConfig) -> SliceBackbone:
-    """Build the slice backbone described by `cfg`, randomly initialised."""
+def create_backbone(cfg: BackboneConfig) -> Backbone:
+    """Build the backbone described by `cfg`, randomly initialised."""
     preset = resolve_preset(cfg.name)
     model = create_timm_model(preset, cfg)
     family = FAMILIES.get(type(model).__name__)
@@ -163,9 +164,9 @@ def create_backbone(cfg: BackboneConfig) -> SliceBackbone:
                 "(VisionTransformer, SwinTransformer, or a CNN with feature_info)"
             )
     try:
-        backbone = family(model, preset.timm_name, cfg.in_chans, cfg.img_size)
+        backbone = family(model, cfg.name, preset.timm_name, cfg.in_chans, cfg.img_size)
     except ValueError as exc:
         raise MedtuneInputError(f"backbone {cfg.name}: {exc}") from exc
-    backbone.check_slice_size((cfg.img_size, cfg.img_size))
-    backbone.preset_name = cfg.name
+    if isinstance(backbone, SliceBackbone):
+        backbone.check_slice_size((cfg.img_size, cfg.img_size))
     return backbone

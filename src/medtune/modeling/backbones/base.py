@@ -1,13 +1,23 @@
-"""The backbone contract: a frozen 2D timm model run over the slices of a volume.
+"""The backbone contract: what tuning methods, decoders and the model may ask of a backbone.
 
-A `SliceBackbone` wraps one timm model and runs it over `(N, C, H, W)` slices, where
-`N = B * D`. It declares
+`Backbone` wraps one timm model (or, for native 3D families, a volumetric encoder) and declares
 
 - `insertion_points`: one per block after which a tuning method may insert a module, with the
   block's channels, stride, stage and whether it ends a stage;
-- `feature_info`: the channels and strides of the multi-scale features handed to the decoder;
-- which of its parameters are frozen by parameter-efficient methods and which encoder-side
-  parameters the paper tunes anyway (`tuned_extra_names`).
+- `feature_info`: channels, strides (and attention heads, where there are any) of the
+  multi-scale features handed to the decoder;
+- `capabilities`: which kinds of insertion the family offers (methods declare what they
+  require, so a method either works on a family or refuses with the reason):
+  `pre_block` (hooks before each block on the native token layout), `transformer_blocks`
+  (blocks with `.attn` and `.mlp` sub-modules, `transformer_blocks()`), `prompt_tokens`
+  (a token sequence that prompts can join), `window_attention` (timm window attention);
+- `default_decoder`: the decoder `decoder.name: auto` picks; `stage_blocks()`: pre-trained
+  blocks per stage that a symmetric decoder may initialise from; `window_size`;
+- which of its parameters the paper tunes anyway (`tuned_extra_names`), the input conv
+  adapted to the channel count (`input_conv_name`);
+- `folds_slices`: True for 2D families (`SliceBackbone`): the model folds a volume into
+  `(B*D, C, H, W)` slices before the backbone and unfolds the logits after the decoder; a
+  native 3D family sets it False and takes the volume `(B, C, D, H, W)` as it is.
 
 Methods insert modules in two places that every family calls in its forward pass:
 `post_block[str(i)]` (called after block `i` on a channels-last grid `(N, h, w, C)`) and
@@ -18,6 +28,7 @@ prompt methods). Both receive the `SliceContext` of the current forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,23 +59,44 @@ class FeatureInfo:
 
     channels: int
     stride: int
+    num_heads: int | None = None
+    """Attention heads of the stage that produced it (None: not an attention stage)."""
 
 
-class SliceBackbone(nn.Module):
-    """Base class of the backbone families; subclasses implement `forward_features`.
+CAPABILITIES = ("pre_block", "transformer_blocks", "prompt_tokens", "window_attention")
+"""Kinds of insertion a family may offer (see the module docstring)."""
 
-    Attributes set by subclasses: `family`, `timm_name`, `model` (the timm module),
-    `in_chans`, `img_size`, `insertion_points`, `feature_info`.
+
+class Backbone(nn.Module):
+    """Base class of every backbone family; subclasses implement `forward_features`.
+
+    Attributes set by subclasses: `insertion_points`, `feature_info`, and the class-level
+    `family`, `capabilities`, `default_decoder`, `folds_slices`.
     """
 
-    family: str = ""
+    family: ClassVar[str] = ""
+    """Family name (for reports and adapter configs; code asks `capabilities` instead)."""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    """What methods may insert (see `CAPABILITIES`)."""
+    default_decoder: ClassVar[str] = "unet"
+    """The decoder `decoder.name: auto` picks for this family."""
+    folds_slices: ClassVar[bool] = True
+    """True: runs over slices `(B*D, C, H, W)`; False: over volumes `(B, C, D, H, W)`."""
 
-    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int) -> None:
+    def __init__(
+        self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int
+    ) -> None:
         super().__init__()
         self.model = model
+        self.name = name
+        """The preset or model name the config asked for (`backbone.name`)."""
         self.timm_name = timm_name
         self.in_chans = in_chans
         self.img_size = img_size
+        self.patch_size = 1
+        """Pixels per side of one input token (ViT/Swin patch; 1 for CNNs)."""
+        self.window_size: int | None = None
+        """Attention window of windowed-attention families, else None."""
         self.pre_block = nn.ModuleDict()
         self.post_block = nn.ModuleDict()
         self.insertion_points: list[InsertionPoint] = []
@@ -85,6 +117,33 @@ class SliceBackbone(nn.Module):
     def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
         """Slices `(N, C, H, W)` -> feature maps `[(N, C_i, H/s_i, W/s_i)]` per `feature_info`."""
         raise NotImplementedError
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """Transformer blocks in forward order (index = insertion-point index), each with
+        `.attn` and `.mlp`; families without the `transformer_blocks` capability raise."""
+        raise MedtuneInputError(f"backbone {self.name} ({self.family}) has no transformer blocks")
+
+    def stage_blocks(self) -> list[list[nn.Module]]:
+        """Pre-trained blocks of each stage (a symmetric decoder may copy them); [] if none."""
+        return []
+
+    def tuned_extra_names(self) -> list[str]:
+        """Names (relative to this module) of encoder parameters the paper tunes with the head."""
+        return []
+
+    def input_conv_name(self) -> str:
+        """State-dict prefix of the first convolution (adapted to the input channels)."""
+        raise NotImplementedError
+
+    def stage_hidden_info(self) -> dict[str, int]:
+        """Extra per-family facts methods may need (e.g. the zero-state ratio of stage 0)."""
+        return {}
+
+
+class SliceBackbone(Backbone):
+    """A 2D family run over the slices `(N, C, H, W)` of volumes, `N = B * D`."""
+
+    folds_slices: ClassVar[bool] = True
 
     def forward(self, x: torch.Tensor, ctx: SliceContext | None = None) -> list[torch.Tensor]:
         self.check_input(x)
@@ -117,18 +176,6 @@ class SliceBackbone(nn.Module):
     def size_divisor(self) -> int:
         """Slice sizes must be multiples of this."""
         return max(f.stride for f in self.feature_info)
-
-    def tuned_extra_names(self) -> list[str]:
-        """Names (relative to this module) of encoder parameters the paper tunes with the head."""
-        return []
-
-    def input_conv_name(self) -> str:
-        """State-dict prefix of the first convolution (adapted to the input channels)."""
-        raise NotImplementedError
-
-    def stage_hidden_info(self) -> dict[str, int]:
-        """Extra per-family facts methods may need (e.g. the zero-state ratio of stage 0)."""
-        return {}
 
 
 def stage_of_points(points: list[InsertionPoint]) -> dict[int, list[InsertionPoint]]:

@@ -47,9 +47,11 @@ class CNNSliceBackbone(SliceBackbone):
     """A timm CNN over slices; every feature stage of `feature_info` is a stage end."""
 
     family = "cnn"
+    capabilities = frozenset()
+    default_decoder = "unet"
 
-    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__(model, timm_name, in_chans, img_size)
+    def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
+        super().__init__(model, name, timm_name, in_chans, img_size)
         info = model.feature_info
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
         feature_modules = [d["module"] for d in info]

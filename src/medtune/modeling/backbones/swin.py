@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medtune.core.errors import MedtuneInputError
 from medtune.modeling.backbones.base import FeatureInfo, InsertionPoint, SliceBackbone
 from medtune.modeling.slicing import SliceContext
 
@@ -19,18 +20,20 @@ class SwinSliceBackbone(SliceBackbone):
     """
 
     family = "swin"
+    capabilities = frozenset({"pre_block", "transformer_blocks", "window_attention"})
+    default_decoder = "swin_unet"
 
-    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__(model, timm_name, in_chans, img_size)
-        self.patch = model.patch_embed.patch_size[0]
+    def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
+        super().__init__(model, name, timm_name, in_chans, img_size)
+        self.patch_size = model.patch_embed.patch_size[0]
         idx = 0
         self.stage_channels: list[int] = []
-        self.stage_heads: list[int] = []
+        stage_heads: list[int] = []
         for s, layer in enumerate(model.layers):
             dim = layer.blocks[0].norm1.normalized_shape[0]
-            stride = self.patch * 2**s
+            stride = self.patch_size * 2**s
             self.stage_channels.append(dim)
-            self.stage_heads.append(layer.blocks[0].attn.num_heads)
+            stage_heads.append(layer.blocks[0].attn.num_heads)
             for b in range(len(layer.blocks)):
                 self.insertion_points.append(
                     InsertionPoint(idx, dim, stride, s, b == len(layer.blocks) - 1)
@@ -38,13 +41,12 @@ class SwinSliceBackbone(SliceBackbone):
                 idx += 1
         n = len(self.stage_channels)
         self.feature_info = [
-            FeatureInfo(self.stage_channels[s], self.patch * 2**s) for s in range(n)
+            FeatureInfo(self.stage_channels[s], self.patch_size * 2**s, stage_heads[s])
+            for s in range(n)
         ]
         self.window_size = model.layers[0].blocks[0].window_size[0]
 
     def check_slice_size(self, hw: tuple[int, int]) -> None:
-        from medtune.core.errors import MedtuneInputError
-
         super().check_slice_size(hw)
         if hw != (self.img_size, self.img_size):
             raise MedtuneInputError(
@@ -70,6 +72,12 @@ class SwinSliceBackbone(SliceBackbone):
         x = m.norm(x)
         feats.append(x.permute(0, 3, 1, 2))
         return feats
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return [blk for layer in self.model.layers for blk in layer.blocks]
+
+    def stage_blocks(self) -> list[list[nn.Module]]:
+        return [list(layer.blocks) for layer in self.model.layers]
 
     def tuned_extra_names(self) -> list[str]:
         return [f"model.norm.{n}" for n, _ in self.model.norm.named_parameters()]

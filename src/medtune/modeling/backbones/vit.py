@@ -27,9 +27,11 @@ class ViTSliceBackbone(SliceBackbone):
     """
 
     family = "vit"
+    capabilities = frozenset({"pre_block", "transformer_blocks", "prompt_tokens"})
+    default_decoder = "upernet"
 
-    def __init__(self, model: nn.Module, timm_name: str, in_chans: int, img_size: int):
-        super().__init__(model, timm_name, in_chans, img_size)
+    def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
+        super().__init__(model, name, timm_name, in_chans, img_size)
         if (
             getattr(model, "cls_token", None) is not None
             or getattr(model, "reg_token", None) is not None
@@ -39,24 +41,24 @@ class ViTSliceBackbone(SliceBackbone):
             )
         depth = len(model.blocks)
         dim = model.embed_dim
-        self.patch = model.patch_embed.patch_size[0]
+        self.patch_size = model.patch_embed.patch_size[0]
         self.feature_blocks = vit_feature_blocks(depth)
         ends = set(self.feature_blocks)
         stage = 0
         for i in range(depth):
-            self.insertion_points.append(InsertionPoint(i, dim, self.patch, stage, i in ends))
+            self.insertion_points.append(InsertionPoint(i, dim, self.patch_size, stage, i in ends))
             if i in ends:
                 stage += 1
-        self.feature_info = [FeatureInfo(dim, self.patch) for _ in self.feature_blocks]
+        self.feature_info = [FeatureInfo(dim, self.patch_size) for _ in self.feature_blocks]
 
     @property
     def size_divisor(self) -> int:
-        return self.patch
+        return self.patch_size
 
     def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
         m = self.model
         n, _, hh, ww = x.shape
-        h, w = hh // self.patch, ww // self.patch
+        h, w = hh // self.patch_size, ww // self.patch_size
         x = m.patch_embed(x)  # (N, h, w, C) with dynamic_img_size, else (N, L, C)
         x = m._pos_embed(x)  # (N, L, C)
         x = m.patch_drop(x)
@@ -76,6 +78,9 @@ class ViTSliceBackbone(SliceBackbone):
             tokens = grid.reshape(n, h * w, -1)
             x = torch.cat([x[:, :extra], tokens], dim=1) if extra else tokens
         return feats
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
 
     def tuned_extra_names(self) -> list[str]:
         names = []

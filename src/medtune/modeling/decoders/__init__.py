@@ -1,8 +1,8 @@
 """Decoders: 2D segmentation heads sized from the backbone's declared features.
 
 Every decoder maps the backbone's features `[(N, C_i, H/s_i, W/s_i)]` to per-slice logits
-`(N, K, H, W)`. `create_decoder(cfg, backbone, num_classes)`; `name: auto` picks UPerNet for
-ViTs, the Swin-UNet decoder for Swin and the U-Net decoder for CNNs.
+`(N, K, H, W)`. `create_decoder(cfg, backbone, num_classes)`; `name: auto` picks the backbone's
+`default_decoder` (UPerNet for ViTs, the Swin-UNet decoder for Swin, the U-Net decoder for CNNs).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from torch import nn
 
 from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
-from medtune.modeling.backbones.base import SliceBackbone
+from medtune.modeling.backbones.base import Backbone
 from medtune.modeling.decoders.swin_unet import SwinUNetDecoder
 from medtune.modeling.decoders.unet import UNetDecoder
 from medtune.modeling.decoders.upernet import UPerNetDecoder
 
 DECODERS: Registry = Registry("decoder")
-AUTO = {"vit": "upernet", "swin": "swin_unet", "cnn": "unet"}
 
 
 @dataclass
@@ -34,28 +33,25 @@ class DecoderConfig:
 
 
 @DECODERS.register("upernet")
-def _upernet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
+def _upernet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
     return UPerNetDecoder(backbone.feature_info, num_classes, **kw)
 
 
 @DECODERS.register("swin_unet")
-def _swin_unet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
-    if backbone.family != "swin":
+def _swin_unet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    heads = [f.num_heads for f in backbone.feature_info]
+    if backbone.window_size is None or None in heads:
         raise MedtuneInputError(
-            f"decoder swin_unet needs a Swin backbone, found family '{backbone.family}'"
+            f"decoder swin_unet needs a backbone of windowed-attention stages (Swin), found "
+            f"{backbone.name} ({backbone.family}); use decoder.name: {backbone.default_decoder}"
         )
     return SwinUNetDecoder(
-        backbone.feature_info,
-        num_classes,
-        backbone.stage_heads,
-        backbone.window_size,
-        backbone.img_size,
-        **kw,
+        backbone.feature_info, num_classes, heads, backbone.window_size, backbone.img_size, **kw
     )
 
 
 @DECODERS.register("unet")
-def _unet(backbone: SliceBackbone, num_classes: int, **kw: Any) -> nn.Module:
+def _unet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
     return UNetDecoder(backbone.feature_info, num_classes, **kw)
 
 
@@ -64,9 +60,9 @@ def list_decoders() -> list[str]:
     return DECODERS.names()
 
 
-def create_decoder(cfg: DecoderConfig, backbone: SliceBackbone, num_classes: int) -> nn.Module:
+def create_decoder(cfg: DecoderConfig, backbone: Backbone, num_classes: int) -> nn.Module:
     """Build the decoder `cfg.name` for `backbone`'s features."""
-    name = AUTO[backbone.family] if cfg.name == "auto" else cfg.name
+    name = backbone.default_decoder if cfg.name == "auto" else cfg.name
     try:
         return DECODERS.create(name, backbone, num_classes, **cfg.options)
     except TypeError as exc:

@@ -104,12 +104,13 @@ class SwinUNetDecoder(nn.Module):
         return self.head(x.permute(0, 3, 1, 2))
 
     @torch.no_grad()
-    def init_from_encoder(self, encoder_layers: nn.ModuleList) -> list[str]:
-        """Copy encoder stage `s` blocks into the decoder stage of the same resolution."""
+    def init_from_encoder(self, encoder_stages: list[list[nn.Module]]) -> list[str]:
+        """Copy the (pre-trained) blocks of encoder stage `s` (`Backbone.stage_blocks()`) into
+        the decoder stage of the same resolution."""
         copied = []
-        n = len(encoder_layers)
+        n = len(encoder_stages)
         for i, stage in enumerate(self.stages, start=1):
-            enc = encoder_layers[n - 1 - i].blocks
+            enc = encoder_stages[n - 1 - i]
             for j, blk in enumerate(stage.blocks):
                 if j < len(enc):
                     blk.load_state_dict(enc[j].state_dict())

@@ -3,7 +3,8 @@
 A method is a folder `medtune/methods/<name>/` holding its config dataclass and its layers, and
 one `@METHODS.register("<name>")` line on its `TuningMethod` subclass. `apply(model)`:
 
-1. checks the backbone family is supported (a clear error says why not);
+1. checks the backbone offers what the method `requires` (`Backbone.capabilities`; a clear
+   error says why not);
 2. `insert(model)` adds the method's modules (adapters after blocks, prompts, LoRA layers...);
    every parameter that did not exist before is recorded as *inserted*;
 3. sets `requires_grad`: by default the inserted parameters, the decoder, and the encoder-side
@@ -32,24 +33,34 @@ class TuningMethod:
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = MethodConfig
-    families: ClassVar[tuple[str, ...]] = ("vit", "swin", "cnn")
-    """Backbone families the method supports."""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    """Backbone capabilities the method needs (`medtune.modeling.backbones.base.CAPABILITIES`);
+    every family has post-block hooks, so methods that use only those require nothing."""
+    requires_any: ClassVar[frozenset[str]] = frozenset()
+    """Capabilities of which the backbone must offer at least one (when not empty)."""
+    wrapper_segments: ClassVar[tuple[str, ...]] = ()
+    """Path segments the method's wrappers insert between a frozen module and its parent
+    (e.g. peft's `base_layer`); removing them gives the tensor names the backbone had before."""
     uses_pretrained: ClassVar[bool] = True
     """False for training from scratch: no weights are loaded."""
     unsupported_reason: ClassVar[str] = ""
-    """Why the method does not support the families it leaves out."""
+    """Why the method needs what it `requires` (said when a backbone lacks it)."""
 
     def __init__(self, config: Any):
         self.config = config
 
     # --- protocol ------------------------------------------------------------------------
     def check_supported(self, backbone: nn.Module) -> None:
-        """Raise a clear error when the backbone family is not supported."""
-        if backbone.family not in self.families:
+        """Raise a clear error when the backbone lacks a capability the method requires."""
+        have = backbone.capabilities
+        missing = sorted(self.requires - have)
+        if not missing and self.requires_any and not self.requires_any & have:
+            missing = [" or ".join(sorted(self.requires_any))]
+        if missing:
             why = f": {self.unsupported_reason}" if self.unsupported_reason else ""
             raise MedtuneInputError(
                 f"method '{self.name}' does not support {backbone.family} backbones "
-                f"(supported: {', '.join(self.families)}){why}"
+                f"({backbone.name} has no {', '.join(missing)}){why}"
             )
 
     def insert(self, model: nn.Module) -> None:

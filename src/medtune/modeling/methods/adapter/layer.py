@@ -27,16 +27,6 @@ def check_act(field: str, name: str) -> None:
         )
 
 
-def transformer_blocks(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's transformer blocks in forward order (index = insertion-point index)."""
-    model = backbone.model
-    if backbone.family == "vit":
-        return list(model.blocks)
-    if backbone.family == "swin":
-        return [blk for layer in model.layers for blk in layer.blocks]
-    raise MedtuneInputError(f"backbone family '{backbone.family}' has no transformer blocks")
-
-
 class Bottleneck(nn.Module):
     """Tokens `(..., C)` -> `(..., C)`: `up(act(down(x)))`, up-projection zero-initialised."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from medtune.modeling.methods.adapter.config import AdapterConfig
-from medtune.modeling.methods.adapter.layer import Bottleneck, SequentialAdapter, transformer_blocks
+from medtune.modeling.methods.adapter.layer import Bottleneck, SequentialAdapter
 from medtune.modeling.methods.base import TuningMethod, register_method
 
 
@@ -14,7 +14,8 @@ class AdapterTuning(TuningMethod):
     """`blk.attn` and `blk.mlp` of each block are wrapped: output `y -> y + up(act(down(y)))`."""
 
     config_cls = AdapterConfig
-    families = ("vit", "swin")
+    requires = frozenset({"transformer_blocks"})
+    wrapper_segments = ("wrapped",)
     unsupported_reason = (
         "the adapter follows the attention and MLP sub-blocks of transformer blocks, which CNN "
         "stages do not have; use st_adapter, pro_tuning or med_adapter"
@@ -22,7 +23,7 @@ class AdapterTuning(TuningMethod):
 
     def insert(self, model: nn.Module) -> None:
         cfg: AdapterConfig = self.config
-        for blk, point in zip(transformer_blocks(model.backbone), model.backbone.insertion_points):
+        for blk, point in zip(model.backbone.transformer_blocks(), model.backbone.insertion_points):
             hidden = max(1, point.channels // cfg.reduction)
             for pos in cfg.positions:
                 inner = getattr(blk, pos)

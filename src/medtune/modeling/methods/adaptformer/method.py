@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from medtune.modeling.methods.adapter.layer import Bottleneck, ParallelAdapter, transformer_blocks
+from medtune.modeling.methods.adapter.layer import Bottleneck, ParallelAdapter
 from medtune.modeling.methods.adaptformer.config import AdaptFormerConfig
 from medtune.modeling.methods.base import TuningMethod, register_method
 
@@ -15,7 +15,8 @@ class AdaptFormer(TuningMethod):
     normalised MLP input `(N, L, C)` (ViT) or `(N, h, w, C)` (Swin)."""
 
     config_cls = AdaptFormerConfig
-    families = ("vit", "swin")
+    requires = frozenset({"transformer_blocks"})
+    wrapper_segments = ("wrapped",)
     unsupported_reason = (
         "AdaptFormer runs beside the MLP of transformer blocks, which CNN stages do not have; "
         "use st_adapter, pro_tuning or med_adapter"
@@ -23,6 +24,6 @@ class AdaptFormer(TuningMethod):
 
     def insert(self, model: nn.Module) -> None:
         cfg: AdaptFormerConfig = self.config
-        for blk, point in zip(transformer_blocks(model.backbone), model.backbone.insertion_points):
+        for blk, point in zip(model.backbone.transformer_blocks(), model.backbone.insertion_points):
             branch = Bottleneck(point.channels, cfg.bottleneck, cfg.act)
             blk.mlp = ParallelAdapter(blk.mlp, branch, cfg.scale, cfg.learnable_scale)

@@ -19,7 +19,8 @@ class LoRA(TuningMethod):
     `(alpha/r) B A` into the frozen weights and removes the LoRA layers (deployment only)."""
 
     config_cls = LoRAConfig
-    families = ("vit", "swin")
+    requires = frozenset({"transformer_blocks"})
+    wrapper_segments = ("base_layer",)
     unsupported_reason = (
         "LoRA targets the attention projections (qkv, proj), which a CNN does not have"
     )
@@ -72,5 +73,5 @@ class LoRA(TuningMethod):
             base.weight.requires_grad_(False)
             setattr(parent, child, base)
         model.inserted_names = []
-        model.merged = True
+        model.merged = True  # SegModel.merged: adapters can no longer be saved
         return model

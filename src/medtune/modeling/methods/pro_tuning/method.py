@@ -12,9 +12,10 @@ from medtune.modeling.methods.pro_tuning.layer import StagePrompt, StashStageInp
 
 @register_method("pro_tuning")
 class ProTuning(TuningMethod):
-    """ViT / Swin: the prompt block reads the stage input (the `pre_block` hook of the stage's
-    first block keeps it) and its prompts are added after the stage's last block. CNN: no hook
-    sees a stage's input, so the block reads the stage output: `y + P(y)`."""
+    """Backbones with `pre_block` hooks (ViT, Swin): the prompt block reads the stage input (the
+    hook of the stage's first block keeps it) and its prompts are added after the stage's last
+    block. Without them (CNNs) no hook sees a stage's input, so the block reads the stage
+    output: `y + P(y)`."""
 
     config_cls = ProTuningConfig
 
@@ -25,7 +26,7 @@ class ProTuning(TuningMethod):
         for s, points in stages.items():
             first, last = points[0], points[-1]
             key = None
-            if backbone.family != "cnn":
+            if "pre_block" in backbone.capabilities:
                 key = f"pro_tuning.stage{s}"
                 backbone.pre_block[str(first.index)] = StashStageInput(key)
             backbone.post_block[str(last.index)] = StagePrompt(

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 from torch import nn
 
-from medtune.modeling.methods.adapter.layer import transformer_blocks
 from medtune.modeling.methods.base import TuningMethod, register_method
 from medtune.modeling.methods.vpt.config import VPTConfig
 from medtune.modeling.methods.vpt.layer import PromptedWindowAttention, PromptTokens
@@ -19,7 +18,9 @@ class VisualPromptTuning(TuningMethod):
     shallow prompts block 0 only, deep every block (P tokens of that block's width)."""
 
     config_cls = VPTConfig
-    families = ("vit", "swin")
+    requires = frozenset({"transformer_blocks"})
+    requires_any = frozenset({"prompt_tokens", "window_attention"})
+    wrapper_segments = ("wrapped",)
     unsupported_reason = (
         "prompt tokens need a token sequence (ViT) or window attention (Swin) to join; a CNN "
         "has neither (use st_adapter, pro_tuning or med_adapter)"
@@ -29,11 +30,12 @@ class VisualPromptTuning(TuningMethod):
     def insert(self, model: nn.Module) -> None:
         cfg: VPTConfig = self.config
         backbone = model.backbone
-        patch_inputs = backbone.in_chans * backbone.patch * backbone.patch
-        blocks = transformer_blocks(backbone)
+        patch_inputs = backbone.in_chans * backbone.patch_size**2
+        blocks = backbone.transformer_blocks()
+        tokens = "prompt_tokens" in backbone.capabilities  # else prompted window attention
         count = len(blocks) if self.deep else 1
         for i, (blk, point) in enumerate(zip(blocks[:count], backbone.insertion_points)):
-            if backbone.family == "vit":
+            if tokens:
                 backbone.pre_block[str(i)] = PromptTokens(
                     cfg.num_tokens, point.channels, patch_inputs, i > 0, cfg.dropout
                 )
