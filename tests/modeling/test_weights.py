@@ -118,6 +118,10 @@ def test_swin_microsoft_layout_with_window_resize(tmp_path):
     table = "layers.0.blocks.0.attn.relative_position_bias_table"
     assert ref[table].shape == (13 * 13, 1) and got[table].shape == (3 * 3, 1)
     assert any("resized" in r and "relative_position_bias_table" in r for r in report)
+    assert torch.equal(
+        got["layers.2.blocks.1.attn.qkv.weight"], ref["layers.2.blocks.1.attn.qkv.weight"]
+    )
+    assert any(r.startswith("left out checkpoint blocks layers.2.blocks.{2,3,4,5}") for r in report)
 
 
 def test_swin_unet_decoder_initialised_from_encoder(tmp_path):
