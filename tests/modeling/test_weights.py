@@ -5,11 +5,11 @@ from __future__ import annotations
 import pickle
 import socket
 
-import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from weights_helpers import microsoft_swin_layout, write_google_npz
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.backbones import BackboneConfig, create_backbone
@@ -18,7 +18,9 @@ from medtune.modeling.decoders import DecoderConfig
 from medtune.modeling.model import ModelConfig, build_model
 
 VIT_ARCH = dict(patch_size=8, embed_dim=48, depth=8, num_heads=2)
-SWIN_SRC = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
+# swin_test takes its weights from this architecture (its preset's source_kwargs): 6 blocks in
+# stage 3, window 7, as Swin-T
+SWIN_SRC = dict(embed_dim=24, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7)
 
 
 def _vit_source() -> torch.nn.Module:
@@ -78,52 +80,10 @@ def test_vit_torch_and_safetensors_files(tmp_path, suffix):
     assert any("resized pos_embed" in r for r in report)
 
 
-def _write_google_npz(model: torch.nn.Module, path) -> None:
-    """Write a timm ViT (with class token) in Google's big_vision/ViT `.npz` layout."""
-    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    c = model.embed_dim
-    heads = model.blocks[0].attn.num_heads
-    hd = c // heads
-    out = {
-        "embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
-        "embedding/bias": sd["patch_embed.proj.bias"],
-        "cls": sd["cls_token"],
-        "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
-        "Transformer/encoder_norm/scale": sd["norm.weight"],
-        "Transformer/encoder_norm/bias": sd["norm.bias"],
-    }
-    for i in range(len(model.blocks)):
-        p, b = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        out[p + "LayerNorm_0/scale"], out[p + "LayerNorm_0/bias"] = (
-            sd[b + "norm1.weight"],
-            sd[b + "norm1.bias"],
-        )
-        out[p + "LayerNorm_2/scale"], out[p + "LayerNorm_2/bias"] = (
-            sd[b + "norm2.weight"],
-            sd[b + "norm2.bias"],
-        )
-        qkv_w = sd[b + "attn.qkv.weight"].reshape(3, c, c)
-        qkv_b = sd[b + "attn.qkv.bias"].reshape(3, c)
-        for j, name in enumerate(["query", "key", "value"]):
-            out[p + f"MultiHeadDotProductAttention_1/{name}/kernel"] = qkv_w[j].T.reshape(
-                c, heads, hd
-            )
-            out[p + f"MultiHeadDotProductAttention_1/{name}/bias"] = qkv_b[j].reshape(heads, hd)
-        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(
-            heads, hd, c
-        )
-        out[p + "MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
-        out[p + "MlpBlock_3/Dense_0/kernel"] = sd[b + "mlp.fc1.weight"].T
-        out[p + "MlpBlock_3/Dense_0/bias"] = sd[b + "mlp.fc1.bias"]
-        out[p + "MlpBlock_3/Dense_1/kernel"] = sd[b + "mlp.fc2.weight"].T
-        out[p + "MlpBlock_3/Dense_1/bias"] = sd[b + "mlp.fc2.bias"]
-    np.savez(path, **out)
-
-
 def test_google_vit_npz(tmp_path):
     src = _vit_source()
     path = tmp_path / "ViT-test.npz"
-    _write_google_npz(src, path)
+    write_google_npz(src, path)
     bb, report = _load("vit_test", path, in_chans=3)
     got, ref = bb.model.state_dict(), src.state_dict()
     for k in [
@@ -140,14 +100,8 @@ def test_google_vit_npz(tmp_path):
 def _swin_microsoft_file(tmp_path):
     torch.manual_seed(2)
     src = timm.create_model("swin_tiny_patch4_window7_224", num_classes=0, **SWIN_SRC)
-    sd = src.state_dict()
-    ms = {}
-    for k, v in sd.items():  # Microsoft's layout: patch merging at the end of the previous stage
-        for s in (1, 2, 3):
-            k = k.replace(f"layers.{s}.downsample", f"layers.{s - 1}.downsample")
-        ms[k] = v
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
-    torch.save({"model": ms}, path)
+    torch.save(microsoft_swin_layout(src), path)
     return src, path
 
 
@@ -164,6 +118,10 @@ def test_swin_microsoft_layout_with_window_resize(tmp_path):
     table = "layers.0.blocks.0.attn.relative_position_bias_table"
     assert ref[table].shape == (13 * 13, 1) and got[table].shape == (3 * 3, 1)
     assert any("resized" in r and "relative_position_bias_table" in r for r in report)
+    assert torch.equal(
+        got["layers.2.blocks.1.attn.qkv.weight"], ref["layers.2.blocks.1.attn.qkv.weight"]
+    )
+    assert any(r.startswith("left out checkpoint blocks layers.2.blocks.{2,3,4,5}") for r in report)
 
 
 def test_swin_unet_decoder_initialised_from_encoder(tmp_path):
@@ -179,6 +137,35 @@ def test_swin_unet_decoder_initialised_from_encoder(tmp_path):
     dec = model.decoder.stages[0].blocks[1].attn.qkv.weight
     assert torch.equal(enc, dec)
     assert any("decoder init" in r for r in report)
+
+
+def test_swin_checkpoint_of_another_architecture_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(2)  # stage 3 with 8 blocks: swin_test's weights come from 6
+    src = timm.create_model(
+        "swin_tiny_patch4_window7_224", num_classes=0, **{**SWIN_SRC, "depths": (2, 2, 8, 2)}
+    )
+    torch.save(microsoft_swin_layout(src), tmp_path / "swin_other.pth")
+    with pytest.raises(
+        MedtuneInputError, match=r"swin_other.pth: expected a checkpoint of .*depths=\(2, 2, 6, 2\)"
+    ):
+        _load("swin_test", tmp_path / "swin_other.pth")
+
+
+def test_hub_weights_not_cached_with_hf_hub_offline_fail_without_probing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from medtune.modeling.backbones import weights
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights, "_hub_reachable", lambda *a: pytest.fail("probed the hub"))
+    cfg = BackboneConfig(
+        name="swin_test", img_size=64, pretrained="timm:swin_tiny_patch4_window7_224"
+    )
+    with pytest.raises(
+        MedtuneInputError, match="not in the Hugging Face cache.*HF_HUB_OFFLINE is set"
+    ):
+        load_backbone_weights(create_backbone(cfg), cfg)
 
 
 def test_checkpoint_with_missing_or_misshaped_tensors_is_refused(tmp_path):

@@ -145,3 +145,37 @@ def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
     summary = train_run(cfg, out, resume=True)
     assert summary["global_step"] == 6
     _assert_same(_tensors(out, "adapter_last"), before)
+
+
+# One tiny model of every backbone family, with the decoder its paper configs use.
+FAMILY_MODELS = {
+    "vit": {"model.backbone.name": "vit_test"},
+    "swin": {
+        "model.backbone.name": "swin_test",
+        "model.backbone.timm_kwargs": {},
+        "model.decoder": {"name": "swin_unet", "options": {"depth": 2}},
+    },
+    "cnn": {
+        "model.backbone.name": "cnn_test",
+        "model.backbone.timm_kwargs": {},
+        "model.decoder": {"name": "unet", "options": {"channels": [16, 16, 16, 16]}},
+    },
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_finished_run_of_every_family_extends_by_one_epoch(engine_data, tmp_path, family):
+    from engine_base import tiny_config
+
+    overrides = {k.replace(".", "__"): v for k, v in FAMILY_MODELS[family].items()}
+    _, cfg = tiny_config(engine_data, train__max_epochs=1, train__steps_per_epoch=2, **overrides)
+    out = tmp_path / "run"
+    first = train_run(cfg, out)
+    assert first["epochs"] == 1 and first["global_step"] == 2
+    before = _tensors(out, "adapter_last")
+    summary = train_run(load_run_config(out, {"train.max_epochs": 2}), out, resume=True)
+    assert summary["resumed"]
+    assert summary["epochs"] == 2 and summary["global_step"] == 4
+    after = _tensors(out, "adapter_last")
+    assert sorted(after) == sorted(before)
+    assert any(not torch.equal(after[k], before[k]) for k in after)  # epoch 2 trained

