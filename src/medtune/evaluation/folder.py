@@ -142,6 +142,54 @@ def _read_case(case: str, pred: Path, ref: Path, allowed: set[int], source_only:
     return maps[0], maps[1]
 
 
+def _score_cases(
+    checked: list[tuple[str, Path, Path, tuple[float, float, float]]],
+    props,
+    problems: dict[str, str],
+    *,
+    hd95: str,
+    nsd_tolerance_mm: float,
+    skip_missing: bool,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Report rows of the cases (case, prediction, reference, spacing) whose values pass;
+    records the others in `problems`. Once a problem is known and not `skip_missing`, cases
+    are only checked, not scored."""
+    from tqdm import tqdm
+
+    from medtune.evaluation.evaluate import MEAN_REGION
+    from medtune.evaluation.metrics import compute_case_metrics
+    from medtune.evaluation.report import case_row
+
+    known = sorted(v for v in props.labels.values() if v != 0)
+    allowed = {0, *known}
+    source_only = set(props.source_labels.values()) - allowed
+    mean_region = MEAN_REGION if len(props.regions) > 1 else None
+    rows = []
+    bar = tqdm(checked, desc="evaluate-folder", unit="case", file=sys.stderr, disable=not progress)
+    for case, pred, ref, spacing in bar:
+        bar.set_postfix_str(case)
+        got = _read_case(case, pred, ref, allowed, source_only)
+        if isinstance(got, str):
+            problems[case] = got
+            continue
+        if problems and not skip_missing:
+            continue  # only listing what is wrong from here on
+        metrics = compute_case_metrics(
+            got[0],
+            got[1],
+            props.regions,
+            spacing,
+            nsd_tolerance_mm,
+            hd95=hd95,
+            mean_region=mean_region,
+            known_labels=known,
+        )
+        rows.append(case_row(case, metrics))
+    bar.close()
+    return rows
+
+
 def evaluate_folder(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -166,12 +214,9 @@ def evaluate_folder(
     Raises:
         CaseMismatchError: some cases are missing or mismatched and not `skip_missing`.
     """
-    from tqdm import tqdm
-
     from medtune.data.dataset import read_dataset_props
-    from medtune.evaluation.evaluate import MEAN_REGION
-    from medtune.evaluation.metrics import HD95_MODES, compute_case_metrics
-    from medtune.evaluation.report import case_row, summarize, write_reports
+    from medtune.evaluation.metrics import HD95_MODES
+    from medtune.evaluation.report import summarize, write_reports
 
     if hd95 not in HD95_MODES:
         raise MedtuneInputError(f"--hd95: expected one of {', '.join(HD95_MODES)}, found {hd95!r}")
@@ -179,6 +224,7 @@ def evaluate_folder(
         raise MedtuneInputError(
             f"--nsd-tolerance: expected a number of mm >= 0, found {nsd_tolerance_mm}"
         )
+    t0 = time.perf_counter()
     props = read_dataset_props(dataset_json)
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     pairs, problems = pair_cases(pred_dir, ref_dir, props.file_ending)
@@ -189,36 +235,17 @@ def evaluate_folder(
             problems[case] = got
         else:
             checked.append((case, pred, ref, got))
-    known = sorted(v for v in props.labels.values() if v != 0)
-    allowed = {0, *known}
-    source_only = set(props.source_labels.values()) - allowed
-    mean_region = MEAN_REGION if len(props.regions) > 1 else None
-
-    t0 = time.perf_counter()
-    rows = []
-    bar = tqdm(checked, desc="evaluate-folder", unit="case", file=sys.stderr, disable=not progress)
-    for case, pred, ref, spacing in bar:
-        bar.set_postfix_str(case)
-        got = _read_case(case, pred, ref, allowed, source_only)
-        if isinstance(got, str):
-            problems[case] = got
-            continue
-        if problems and not skip_missing:
-            continue  # only listing what is wrong from here on
-        metrics = compute_case_metrics(
-            got[0],
-            got[1],
-            props.regions,
-            spacing,
-            nsd_tolerance_mm,
-            hd95=hd95,
-            mean_region=mean_region,
-            known_labels=known,
-        )
-        rows.append(case_row(case, metrics))
-    bar.close()
+    rows = _score_cases(
+        checked,
+        props,
+        problems,
+        hd95=hd95,
+        nsd_tolerance_mm=nsd_tolerance_mm,
+        skip_missing=skip_missing,
+        progress=progress,
+    )
     if problems and not skip_missing:
-        raise CaseMismatchError(list(problems.values()))
+        raise CaseMismatchError([problems[c] for c in sorted(problems)])
     if not rows:
         raise MedtuneInputError(
             f"{pred_dir}: expected at least one case to score against {ref_dir}, found none "
