@@ -84,6 +84,9 @@ def test_reports_are_written_and_parse_back(tmp_path):
     assert "(median 2.50)" in md
     assert "- tta: flip8" in md
 
+    summary.update(hd95="pooled", nsd_tolerance_mm=2.0)
+    assert "| region | dice | hd95 pooled (mm) | nsd @ 2 mm |" in markdown_table(summary)
+
     write_reports(data[:2], summarize(data[:2]), out)  # rewrite in place
     assert json.loads(paths["summary_json"].read_text())["n_cases"] == 2
 

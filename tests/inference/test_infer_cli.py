@@ -23,7 +23,7 @@ def test_help(cmd, capsys):
         main([cmd, "-h"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    flags = ["--data", "--fold", "--split", "--tta", "--postprocess", "--out"]
+    flags = ["--data", "--fold", "--split", "--tta", "--postprocess", "--out", "--hd95"]
     if cmd == "predict":
         flags = ["--input", "--out", "--device", "--tta", "--save-probabilities", "--overwrite"]
     for flag in flags:
@@ -45,8 +45,10 @@ def test_evaluate_writes_reports(tiny_run, phantom_data, capsys):
     rows = list(csv.DictReader((out / "per_case.csv").read_text().splitlines()))
     assert [r["case_id"] for r in rows] == val
     assert summary["split"] == "val" and summary["fold"] == 0 and summary["window"] == [8, 32, 32]
+    assert summary["hd95"] == "directed" and summary["nsd_tolerance_mm"] == 1.0
     stdout = capsys.readouterr().out
-    assert stdout.startswith("| region |") and "| WT |" in stdout and "| mean |" in stdout
+    assert stdout.startswith("| region | dice | hd95 directed (mm) | nsd @ 1 mm |")
+    assert "| WT |" in stdout and "| mean |" in stdout
 
 
 def test_evaluate_all_cases_to_out(tiny_run, phantom_data, tmp_path, capsys):
@@ -61,10 +63,14 @@ def test_evaluate_all_cases_to_out(tiny_run, phantom_data, tmp_path, capsys):
             "all",
             "--out",
             str(out),
+            "--hd95",
+            "pooled",
         ]
     )
     assert code == 0
-    assert json.loads((out / "summary.json").read_text())["n_cases"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 3 and summary["hd95"] == "pooled"
+    assert "hd95 pooled" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "--data", str(phantom_data)]) == 2
     assert "config.yaml" in capsys.readouterr().err
 

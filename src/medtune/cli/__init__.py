@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "medtune.cli.data_cmds",
     "medtune.cli.run_cmds",
     "medtune.cli.infer_cmds",
+    "medtune.cli.eval_folder_cmd",
     "medtune.cli.demo_cmd",
 ]
 

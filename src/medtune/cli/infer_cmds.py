@@ -11,6 +11,18 @@ import sys
 from pathlib import Path
 
 
+def add_hd95_option(parser: argparse.ArgumentParser) -> None:
+    """`--hd95 directed|pooled`, shared by `evaluate` and `evaluate-folder`."""
+    parser.add_argument(
+        "--hd95",
+        choices=("directed", "pooled"),
+        default="directed",
+        help="HD95 definition: directed = max of the two directed 95th percentiles (MONAI, "
+        "BraTS; default), pooled = 95th percentile of both directions together (medpy, the "
+        "Med-Tuning paper)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -59,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MM",
         help="tolerance of the normalised surface Dice in mm (default 1)",
     )
+    add_hd95_option(p)
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -118,11 +131,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         device=args.device,
         nsd_tolerance_mm=args.nsd_tolerance,
+        hd95=args.hd95,
     )
     sys.stdout.write(markdown_table(summary))
     print(
         f"evaluated {summary['n_cases']} case(s) ({args.split}, fold {summary['fold']}, "
-        f"tta {args.tta}, postprocess {summary['postprocess']}) in {summary['wall_time_s']:.1f} s; "
+        f"tta {args.tta}, postprocess {summary['postprocess']}, hd95 {summary['hd95']}, "
+        f"nsd at {summary['nsd_tolerance_mm']:g} mm) in {summary['wall_time_s']:.1f} s; "
         f"reports in {summary['out_dir']}",
         file=sys.stderr,
     )

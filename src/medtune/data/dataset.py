@@ -321,15 +321,10 @@ def _scan_msd(root: Path, data: dict, n_ch: int, problems: list[Problem]):
     return tr, ts
 
 
-def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
-    """Read a dataset folder without opening images; returns (info or None, layout problems)."""
-    root = Path(root)
-    problems: list[Problem] = []
-    if not root.is_dir():
-        return None, [Problem("(dataset)", str(root), "a dataset folder", "no such folder")]
-    data = read_dataset_json(root, problems)
-    if data is None:
-        return None, problems
+def _props_from_json(
+    data: dict, default_name: str, problems: list[Problem]
+) -> tuple[DatasetProps | None, bool]:
+    """(properties or None, whether the layout is MSD) of a parsed dataset.json."""
     msd = (
         isinstance(data.get("training"), list)
         and "modality" in data
@@ -343,7 +338,7 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
         for k in missing:
             problems.append(Problem("(dataset)", "dataset.json", f"required field '{k}'", "none"))
         if "channel_names" in missing or "labels" in missing:
-            return None, problems
+            return None, msd
         channels = _channel_names(data, "channel_names", problems)
         ending = data.get("file_ending", ".nii.gz")
         if ending not in NIFTI_ENDINGS:
@@ -355,7 +350,7 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
             ending = ".nii.gz"
     labels, label_regions = _parse_labels(data.get("labels"), msd, problems)
     if not channels or not labels:
-        return None, problems
+        return None, msd
     extra = data.get("medtune") or {}
     if not isinstance(extra, dict):
         problems.append(
@@ -376,10 +371,34 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
                     f"{bad}",
                 )
             )
+    props = DatasetProps(
+        name=str(data.get("name") or default_name),
+        channel_names=channels,
+        labels=labels,
+        regions=regions,
+        modality=modality_from_channels(channels),
+        file_ending=ending,
+        conventions=dict(extra, regions=regions),
+    )
+    return props, msd
+
+
+def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
+    """Read a dataset folder without opening images; returns (info or None, layout problems)."""
+    root = Path(root)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        return None, [Problem("(dataset)", str(root), "a dataset folder", "no such folder")]
+    data = read_dataset_json(root, problems)
+    if data is None:
+        return None, problems
+    props, msd = _props_from_json(data, root.name, problems)
+    if props is None:
+        return None, problems
     if msd:
-        tr, ts = _scan_msd(root, data, len(channels), problems)
+        tr, ts = _scan_msd(root, data, props.num_channels, problems)
     else:
-        tr, ts = _scan_nnunet(root, data, len(channels), ending, problems)
+        tr, ts = _scan_nnunet(root, data, props.num_channels, props.file_ending, problems)
     if not tr:
         problems.append(
             Problem(
@@ -389,19 +408,34 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
                 "none",
             )
         )
-    props = DatasetProps(
-        name=str(data.get("name") or root.name),
-        channel_names=channels,
-        labels=labels,
-        regions=regions,
-        modality=modality_from_channels(channels),
-        file_ending=ending,
-        conventions=dict(extra, regions=regions),
-    )
     info = DatasetInfo(
         root=root, layout="msd" if msd else "nnunet", props=props, cases=tr, test_cases=ts
     )
     return info, problems
+
+
+def read_dataset_props(path: str | Path) -> DatasetProps:
+    """Channels, labels, regions and file ending of one dataset.json file (no image folders
+    needed), parsed as `scan_dataset` parses a dataset's; a problem raises MedtuneInputError
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedtuneInputError(f"{path}: expected a dataset.json file, found none")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedtuneInputError(f"{path}: expected valid JSON, found {exc}") from None
+    if not isinstance(data, dict):
+        raise MedtuneInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    problems: list[Problem] = []
+    props, _ = _props_from_json(data, path.parent.name, problems)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MedtuneInputError(
+            f"{path}: expected {problems[0].expected}, found {problems[0].found}{more}"
+        )
+    assert props is not None  # every failed parse records a problem
+    return props
 
 
 def load_dataset(root: str | Path) -> DatasetInfo:

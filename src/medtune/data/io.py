@@ -2,7 +2,8 @@
 
 - names: `NIFTI_ENDINGS`, `CHANNEL_RE` (`CASE_0000`), `nifti_ending`, `strip_nifti`, `list_nifti`;
 - reading: `load_images` (MONAI `LoadImage`: channel files or one 4D file -> `(C, X, Y, Z)` with
-  its affine), `read_label_map` (label map and spacing as stored);
+  its affine), `read_label_map` (label map and spacing as stored), `nifti_geometry` (shape,
+  affine, spacing from the header), `read_label_values` (labels, refusing NaN / fractions);
 - writing: `save_nifti` (new files), `write_like` (an output with a reference file's header and
   geometry), `save_npy`, `save_json`, `copy_or_link`, all atomic (temporary name + rename).
 """
@@ -169,3 +170,51 @@ def write_like(data: np.ndarray, reference: Path, path: Path, description: str) 
     if data.ndim == 3:
         img.header["intent_code"] = 0
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+
+
+def nifti_geometry(path: Path) -> tuple[tuple[int, ...], np.ndarray, tuple[float, float, float]]:
+    """Shape, affine `(4, 4)` and voxel spacing (mm, the column norms of the affine) of a NIfTI
+    file, from its header alone; an unreadable file raises MedtuneInputError naming it."""
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for non-NIfTI files
+        raise MedtuneInputError(
+            f"{path}: expected a readable NIfTI file, found {type(exc).__name__}: {str(exc)[:100]}"
+        ) from None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return tuple(int(n) for n in img.shape), affine, tuple(float(s) for s in spacing)
+
+
+def read_label_values(path: Path) -> np.ndarray:
+    """Label map `(X, Y, Z)` of a NIfTI file as integers (a trailing axis of length 1 dropped).
+
+    Unlike `read_label_map`, nothing is rounded: NaN / Inf or fractional values (e.g. a
+    probability map given as labels) raise MedtuneInputError naming the file and the values.
+    """
+    try:
+        arr = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated gzip, short files
+        raise MedtuneInputError(
+            f"{path}: expected a complete NIfTI file, found {type(exc).__name__}: {str(exc)[:100]}"
+        ) from None
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise MedtuneInputError(f"{path}: expected a 3D label map, found shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        n_bad = int((~np.isfinite(arr)).sum())
+        if n_bad:
+            raise MedtuneInputError(
+                f"{path}: expected finite label values, found {n_bad} NaN or Inf voxel(s)"
+            )
+        vals = np.unique(arr)
+        frac = vals[vals != np.round(vals)]
+        if frac.size:
+            raise MedtuneInputError(
+                f"{path}: expected integer label values, found {[float(v) for v in frac[:5]]}"
+            )
+        arr = arr.astype(np.int64)
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise MedtuneInputError(f"{path}: expected integer labels, found dtype {arr.dtype}")
+    return np.asarray(arr)

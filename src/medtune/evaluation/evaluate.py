@@ -13,8 +13,9 @@ Protocol (see docs/inference.md):
    reorientation undone).
 3. Optional BraTS post-processing in that grid (predicted ET under 500 voxels becomes the
    dataset's non-enhancing core label).
-4. Dice, HD95 (mm, from the label file's voxel spacing) and NSD per region of dataset.json,
-   plus their mean over regions when there are several (KiTS' "composite").
+4. Dice, HD95 (mm, from the label file's voxel spacing; `hd95` "directed" or "pooled", see
+   `medtune.evaluation.metrics`) and NSD per region of dataset.json, plus their mean over
+   regions when there are several (KiTS' "composite").
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def evaluate_predictor(
     tta: str = "none",
     postprocess: str | None = None,
     nsd_tolerance_mm: float = 1.0,
+    hd95: str = "directed",
     summary_extra: dict[str, Any] | None = None,
     progress: bool = True,
     info=None,
@@ -105,7 +107,7 @@ def evaluate_predictor(
     summary (`medtune.evaluation.summarize` format plus the protocol keys, and `out_dir`).
     """
     from medtune.data.dataset import load_dataset
-    from medtune.evaluation.metrics import brats_postprocess, compute_case_metrics
+    from medtune.evaluation.metrics import HD95_MODES, brats_postprocess, compute_case_metrics
     from medtune.evaluation.report import case_row, summarize, write_reports
     from medtune.inference.sliding_window import TTA_MODES
 
@@ -119,6 +121,8 @@ def evaluate_predictor(
         raise MedtuneInputError(
             f"--nsd-tolerance: expected a number of mm >= 0, found {nsd_tolerance_mm}"
         )
+    if hd95 not in HD95_MODES:
+        raise MedtuneInputError(f"--hd95: expected one of {', '.join(HD95_MODES)}, found {hd95!r}")
     root = Path(data_dir)
     if info is None:
         if not root.is_dir():
@@ -160,6 +164,7 @@ def evaluate_predictor(
             regions,
             spacing,
             nsd_tolerance_mm,
+            hd95=hd95,
             mean_region=mean_region,
             known_labels=known,
         )
@@ -180,6 +185,7 @@ def evaluate_predictor(
             "overlap": round(predictor.overlap, 6),
             "tta": tta,
             "postprocess": postprocess or "none",
+            "hd95": hd95,
             "nsd_tolerance_mm": nsd_tolerance_mm,
             "device": str(predictor.device),
             **(summary_extra or {}),
@@ -203,6 +209,7 @@ def evaluate_run(
     *,
     device: str | None = "auto",
     nsd_tolerance_mm: float = 1.0,
+    hd95: str = "directed",
     progress: bool = True,
     sw_batch_size: int | None = None,
 ) -> dict[str, Any]:
@@ -218,6 +225,7 @@ def evaluate_run(
         out: report folder (default `RUN_DIR/eval_<split>_fold<K>`).
         device: "auto", "cpu" or "cuda" for the model; stitching is on the CPU.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (medpy's).
         sw_batch_size: windows per model call (default: the run's `train.sw_batch_size`).
 
     Returns:
@@ -255,6 +263,7 @@ def evaluate_run(
         tta=tta,
         postprocess=postprocess,
         nsd_tolerance_mm=nsd_tolerance_mm,
+        hd95=hd95,
         summary_extra={"run_dir": str(run.path.resolve()), "split": split, "fold": fold},
         progress=progress,
         info=info,

@@ -7,11 +7,22 @@ A *region* is a named union of label values, evaluated as one binary mask, e.g. 
 Metrics (``pred`` and ``gt`` are label maps ``(D, H, W)``; ``spacing`` is mm per axis):
 
 - ``dice``: ``2 |P & G| / (|P| + |G|)``, counted in voxels.
-- ``hd95``: MONAI ``compute_hausdorff_distance(percentile=95, spacing=...)``: the larger of the
-  two directed 95th percentiles of the distances (mm) between the boundary voxels of P and G.
-- ``nsd``: MONAI ``compute_surface_dice``: the fraction of boundary voxels of P and of G that
-  lie within ``nsd_tolerance_mm`` of the other boundary (boundary voxels counted, not
-  sub-voxel surface areas).
+- ``hd95`` (mm), on the boundary voxels of P and G (voxels of the mask with a 6-neighbour
+  outside it, voxels on the image border included; MONAI `get_mask_edges`), with the distances
+  from each boundary voxel centre to the nearest centre of the other boundary (float64), in one
+  of two definitions (`HD95_MODES`):
+
+  - ``directed`` (default; MONAI ``compute_hausdorff_distance(percentile=95)``, BraTS): the
+    larger of the two directed 95th percentiles, P -> G and G -> P;
+  - ``pooled`` (``medpy.metric.hd95``, used by the Med-Tuning paper and its release): the 95th
+    percentile of the distances of both directions pooled into one set.
+
+  Percentiles interpolate linearly (numpy's default).
+- ``nsd``: the surface Dice of Nikolov et al. 2021 (DeepMind ``surface-distance``), by MONAI
+  ``compute_surface_dice(use_subvoxels=True)``: the surfaces are made of surface elements
+  (marching-cubes-like faces between voxel centres, weighted by their area in mm^2), and NSD is
+  the area of both surfaces lying within ``nsd_tolerance_mm`` of the other surface divided by
+  the total area of both.
 
 Empty-mask policy (no case is ever dropped, and no NaN or inf is returned):
 
@@ -25,7 +36,8 @@ exactly one empty      0.0     image diagonal in mm        0.0
 The image diagonal is ``sqrt(sum((n_i * s_i) ** 2))`` over the three axes (`image_diagonal_mm`),
 the largest distance the volume can hold: 373.13 mm for BraTS' 240 x 240 x 155 grid at 1 mm,
 the value the BraTS challenge uses for a missed or hallucinated region. Empty masks are decided
-here, before MONAI is called (MONAI answers NaN or inf for them).
+here, before MONAI is called (MONAI answers NaN or inf for them). The policy is the same for
+both HD95 definitions.
 """
 
 from __future__ import annotations
@@ -41,6 +53,10 @@ from medtune.core.errors import MedtuneInputError
 
 METRICS = ("dice", "hd95", "nsd")
 """Metric names reported per region, in report order."""
+
+HD95_MODES = ("directed", "pooled")
+"""HD95 definitions: max of the two directed 95th percentiles (MONAI, BraTS; the default), or
+the 95th percentile of both directions pooled (medpy, the Med-Tuning paper)."""
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -113,31 +129,67 @@ def _check_values(arr: np.ndarray, name: str, known_labels: Sequence[int]) -> No
         )
 
 
-def _surface_metrics(
-    p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], tolerance: float
-) -> tuple[float, float]:
-    """HD95 (mm) and NSD of two non-empty boolean masks `(D, H, W)`, by MONAI."""
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+def _crop_to_union(p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to their union's bounding box plus one voxel, clipped to the image.
 
-    # Crop to the union's bounding box plus one voxel (clipped to the image), as MONAI does
-    # internally, but before its float conversions of the whole volume: distances are
-    # translation invariant and voxels outside the crop are background either way.
+    MONAI crops the same way internally, but only after converting the whole volume to float;
+    distances are translation invariant and voxels outside the crop are background either way,
+    and the image border still counts as outside (MONAI pads the crop with background).
+    """
     union = p | g
     box = []
     for axis in range(3):
         hit = np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
-    yp = torch.from_numpy(np.ascontiguousarray(p[tuple(box)]))[None, None]
-    yg = torch.from_numpy(np.ascontiguousarray(g[tuple(box)]))[None, None]
+    return np.ascontiguousarray(p[tuple(box)]), np.ascontiguousarray(g[tuple(box)])
+
+
+def boundary_distances(
+    p: np.ndarray, g: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm, float64) from each boundary voxel of P to the boundary of G, and from
+    each boundary voxel of G to the boundary of P, for two non-empty boolean masks `(D, H, W)`.
+
+    Boundaries by MONAI `get_mask_edges` (the mask minus its erosion); nearest neighbours by a
+    scipy KD-tree, as MONAI does on the CPU, but kept in float64 (MONAI rounds to float32).
+    """
+    from monai.metrics.utils import get_mask_edges
+    from scipy.spatial import cKDTree
+
+    edges_p, edges_g = get_mask_edges(p, g, crop=True)
+    scale = np.asarray(spacing, dtype=np.float64)
+    pts_p = np.argwhere(edges_p).astype(np.float64) * scale
+    pts_g = np.argwhere(edges_g).astype(np.float64) * scale
+    d_pg = cKDTree(pts_g).query(pts_p, k=1)[0]
+    d_gp = cKDTree(pts_p).query(pts_g, k=1)[0]
+    return np.asarray(d_pg, dtype=np.float64), np.asarray(d_gp, dtype=np.float64)
+
+
+def hd95_from_distances(d_pg: np.ndarray, d_gp: np.ndarray, mode: str = "directed") -> float:
+    """HD95 (mm) of the two directed boundary distance sets, in the definition `mode`."""
+    if mode == "directed":
+        return float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
+    if mode == "pooled":
+        return float(np.percentile(np.concatenate([d_pg, d_gp]), 95))
+    raise MedtuneInputError(f"hd95: expected one of {', '.join(HD95_MODES)}, found {mode!r}")
+
+
+def _surface_metrics(
+    p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...], tolerance: float, hd95: str
+) -> tuple[float, float]:
+    """HD95 (mm, definition `hd95`) and NSD of two non-empty boolean masks `(D, H, W)`."""
+    from monai.metrics import compute_surface_dice
+
+    p, g = _crop_to_union(p, g)
+    hd = hd95_from_distances(*boundary_distances(p, g, spacing), mode=hd95)
+    yp = torch.from_numpy(p)[None, None].float()
+    yg = torch.from_numpy(g)[None, None].float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty-mask warnings cannot apply: both are non-empty
-        hd95 = compute_hausdorff_distance(
-            yp, yg, include_background=True, percentile=95, spacing=list(spacing)
-        )
         nsd = compute_surface_dice(
-            yp.float(), yg.float(), [tolerance], include_background=True, spacing=list(spacing)
+            yp, yg, [tolerance], include_background=True, spacing=list(spacing), use_subvoxels=True
         )
-    return float(hd95.item()), float(nsd.item())
+    return hd, float(nsd.item())
 
 
 def dice_score(p: np.ndarray, g: np.ndarray) -> float:
@@ -158,6 +210,7 @@ def compute_case_metrics(
     spacing: Sequence[float],
     nsd_tolerance_mm: float = 1.0,
     *,
+    hd95: str = "directed",
     mean_region: str | None = None,
     known_labels: Sequence[int] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -169,6 +222,8 @@ def compute_case_metrics(
         regions: region name -> labels whose union forms the region, e.g. ``{"ET": [4]}``.
         spacing: voxel size in mm along (D, H, W) of the arrays.
         nsd_tolerance_mm: boundary tolerance of the normalised surface Dice, in mm.
+        hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (95th
+            percentile of both directions together, medpy's `hd95`).
         mean_region: when given (e.g. ``"mean"``, KiTS' "composite"), add a pseudo-region of
             that name holding, for each metric, the mean over the regions of this case.
         known_labels: the dataset's foreground labels; when given, region labels and values
@@ -196,6 +251,8 @@ def compute_case_metrics(
         raise MedtuneInputError(
             f"nsd_tolerance_mm: expected a number >= 0, found {nsd_tolerance_mm}"
         )
+    if hd95 not in HD95_MODES:
+        raise MedtuneInputError(f"hd95: expected one of {', '.join(HD95_MODES)}, found {hd95!r}")
     if known_labels is not None:
         _check_values(p_map, "pred", known_labels)
         _check_values(g_map, "gt", known_labels)
@@ -212,8 +269,8 @@ def compute_case_metrics(
             out[name] = {"dice": 0.0, "hd95": diagonal, "nsd": 0.0}
         else:
             dice = dice_score(p, g)
-            hd95, nsd = _surface_metrics(p, g, spacing_t, float(nsd_tolerance_mm))
-            out[name] = {"dice": dice, "hd95": hd95, "nsd": nsd}
+            hd, nsd = _surface_metrics(p, g, spacing_t, float(nsd_tolerance_mm), hd95)
+            out[name] = {"dice": dice, "hd95": hd, "nsd": nsd}
     if mean_region is not None:
         out[mean_region] = {m: float(np.mean([out[r][m] for r in checked])) for m in METRICS}
     return out

@@ -116,16 +116,27 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.2f}" if metric.startswith("hd") else f"{value:.4f}"
 
 
+def _column(metric: str, summary: Mapping[str, Any]) -> str:
+    """Column head of `metric`, naming the HD95 definition and NSD tolerance the summary used."""
+    if metric == "hd95" and summary.get("hd95"):
+        return f"hd95 {summary['hd95']} (mm)"
+    if metric == "nsd" and summary.get("nsd_tolerance_mm") is not None:
+        return f"nsd @ {float(summary['nsd_tolerance_mm']):g} mm"
+    return f"{metric} (mm)" if metric.startswith("hd") else metric
+
+
 def markdown_table(summary: Mapping[str, Any]) -> str:
     """The summary as a Markdown table: one row per region, one column per metric, cells
-    ``mean ± std (median m)``; HD in mm with 2 decimals, the others with 4."""
+    ``mean ± std (median m)``; HD in mm with 2 decimals, the others with 4. When the summary
+    holds them, the heads name the HD95 definition (``hd95``) and the NSD tolerance
+    (``nsd_tolerance_mm``): ``| region | dice | hd95 directed (mm) | nsd @ 1 mm |``."""
     metrics = summary.get("metrics")
     if not isinstance(metrics, Mapping) or not metrics:
         raise MedtuneInputError("summary: expected a 'metrics' entry as returned by summarize()")
     names: list[str] = []
     for per_region in metrics.values():
         names.extend(m for m in per_region if m not in names)
-    head = [f"{m} (mm)" if m.startswith("hd") else m for m in names]
+    head = [_column(m, summary) for m in names]
     lines = [
         "| region | " + " | ".join(head) + " |",
         "|---|" + "---|" * len(names),
@@ -150,7 +161,12 @@ def _markdown(summary: Mapping[str, Any]) -> str:
     parts.append(markdown_table(summary))
     extra = {k: v for k, v in summary.items() if k not in ("n_cases", "metrics")}
     if extra:
-        parts.append("\n" + "".join(f"- {k}: {v}\n" for k, v in extra.items()))
+        parts.append("\n")
+        for k, v in extra.items():
+            if isinstance(v, Mapping) and v:  # e.g. skipped cases: one nested item each
+                parts.append(f"- {k}:\n" + "".join(f"  - {sk}: {sv}\n" for sk, sv in v.items()))
+            else:
+                parts.append(f"- {k}: {v}\n")
     return "".join(parts)
 
 
