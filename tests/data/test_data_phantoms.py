@@ -131,13 +131,47 @@ def test_write_phantoms_default_shape(tmp_path):
     assert sorted(nib.load(str(out / "labelsTr/brats_000.nii.gz")).shape) == [64, 96, 96]
 
 
-def test_rewriting_a_phantom_folder_leaves_no_stale_cases(tmp_path):
+def test_rewriting_a_phantom_folder_needs_overwrite_and_says_what_it_replaces(
+    tmp_path, capsys, tree_hash
+):
     out = tmp_path / "d"
-    write_phantoms("kits", 3, out, shape=(16, 24, 24))
-    write_phantoms("kits", 2, out, shape=(16, 24, 24), seed=1)
-    assert len(load_dataset(out).cases) == 2
+    args = ["phantoms", "--kind", "kits", "--shape", "16", "24", "24", "--out", str(out)]
+    assert main([*args, "--cases", "3"]) == 0
+    capsys.readouterr()
+    before = tree_hash(out)
+    # 2 cases into a folder of 3: refused, naming what would be replaced; nothing changed
+    assert main([*args, "--cases", "2", "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--overwrite" in err
+    assert "a phantom dataset of 3 kits cases (seed 0, shape 16x24x24)" in err
+    assert tree_hash(out) == before and len(load_dataset(out).cases) == 3
+    # with --overwrite: replaced, and stderr says what was replaced; no stale cases
+    assert main([*args, "--cases", "2", "--seed", "1", "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "replacing a phantom dataset of 3 kits cases (seed 0, shape 16x24x24)" in err
+    assert [c.case_id for c in load_dataset(out).cases] == ["kits_000", "kits_001"]
+    assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
+    # a bad --shape is refused before anything is replaced
+    before = tree_hash(out)
+    with pytest.raises(MedtuneInputError, match="--shape"):
+        write_phantoms("kits", 1, out, shape=(4, 24, 24), overwrite=True)
+    assert tree_hash(out) == before
+    # other content is never replaced, even with overwrite
     (tmp_path / "other").mkdir()
     (tmp_path / "other/notes.txt").write_text("mine")
     with pytest.raises(MedtuneInputError, match="new, empty or phantom"):
-        write_phantoms("kits", 2, tmp_path / "other")
+        write_phantoms("kits", 2, tmp_path / "other", overwrite=True)
     assert (tmp_path / "other/notes.txt").read_text() == "mine"
+
+
+def test_phantoms_out_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("keep")
+    assert main(["phantoms", "--kind", "kits", "--cases", "1", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"medtune phantoms: error: --out {target}: expected a folder, found a file"
+    assert target.read_text() == "keep"
+    inside = target / "ds"  # a folder below a file: one line too
+    assert main(["phantoms", "--kind", "kits", "--cases", "1", "--out", str(inside)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--out {inside}: expected a writable folder" in err

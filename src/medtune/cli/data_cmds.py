@@ -18,7 +18,14 @@ def _phantoms(args: argparse.Namespace) -> int:
     from medtune.data.phantoms import write_phantoms
 
     t0 = time.perf_counter()
-    out = write_phantoms(args.kind, args.cases, Path(args.out), seed=args.seed, shape=args.shape)
+    out = write_phantoms(
+        args.kind,
+        args.cases,
+        Path(args.out),
+        seed=args.seed,
+        shape=args.shape,
+        overwrite=args.overwrite,
+    )
     from medtune.data.dataset import load_dataset
 
     info = load_dataset(out)
@@ -103,6 +110,11 @@ def register(subparsers) -> None:
         metavar=("D", "H", "W"),
         default=None,
         help="volume size in voxels (default 64 96 96)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a phantom dataset already in --out (other content is never replaced)",
     )
     p.set_defaults(func=_phantoms)
 

@@ -23,6 +23,16 @@ def add_hd95_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_nonfinite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nonfinite",
+        choices=("error", "zero"),
+        default="error",
+        help="NaN / Inf image voxels: refuse them (default), or replace them by 0 after "
+        "normalisation (statistics over the finite voxels; stderr says how many)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -78,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="where the model runs (default: cuda when available); stitching stays on the CPU",
     )
+    _add_nonfinite(p)
     p.set_defaults(func=run_evaluate)
 
     q = sub.add_parser(
@@ -114,6 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write OUT/CASE_probs.nii.gz (float32 (X, Y, Z, K), one volume per class)",
     )
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_nonfinite(q)
     q.set_defaults(func=run_predict)
 
 
@@ -132,13 +144,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         nsd_tolerance_mm=args.nsd_tolerance,
         hd95=args.hd95,
+        nonfinite=args.nonfinite,
     )
     sys.stdout.write(markdown_table(summary))
     print(
         f"evaluated {summary['n_cases']} case(s) ({args.split}, fold {summary['fold']}, "
         f"tta {args.tta}, postprocess {summary['postprocess']}, hd95 {summary['hd95']}, "
         f"nsd at {summary['nsd_tolerance_mm']:g} mm) in {summary['wall_time_s']:.1f} s; "
-        f"reports in {summary['out_dir']}",
+        f"reports in {summary['out_dir']}"
+        + (
+            f"; {summary['nonfinite_replaced_voxels']} NaN/Inf voxel(s) replaced by 0"
+            if summary.get("nonfinite_replaced_voxels")
+            else ""
+        ),
         file=sys.stderr,
     )
     return 0
@@ -155,6 +173,7 @@ def run_predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         save_probabilities=args.save_probabilities,
         overwrite=args.overwrite,
+        nonfinite=args.nonfinite,
     )
     for p in paths:
         print(p)

@@ -2,8 +2,9 @@
 
 Checks: dataset.json present, valid and complete; at least one case; unique case ids; every
 channel file present; every file a readable, complete NIfTI; 3D images (4D with the declared
-channels for MSD); channel and label shapes equal; affines equal within `AFFINE_TOL`; label
-values integer and declared in dataset.json; no NaN or Inf intensities. Nothing is written.
+channels for MSD) with no zero-sized dimension; invertible affines (no zero column), channel and
+label shapes equal; affines equal within `AFFINE_TOL`; label values integer and declared in
+dataset.json; no NaN or Inf intensities. Nothing is written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medtune.data.dataset import CaseFiles, DatasetInfo, Problem, scan_dataset
+from medtune.data.io import affine_problem, non_finite_counts, non_integer_values
 
 AFFINE_TOL = 1e-3
 """Largest difference (mm, or direction-cosine times spacing) between image and label affines."""
@@ -47,6 +49,19 @@ def _read(path: Path, case: str, rel: str, problems: list[Problem]):
         return None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         problems.append(Problem(case, rel, "a NIfTI file", type(img).__name__))
+        return None
+    if 0 in img.shape:  # nibabel then hands out a 1D array of shape (0,)
+        problems.append(
+            Problem(
+                case, rel, "a non-empty image", f"shape {tuple(img.shape)} (a zero-sized dimension)"
+            )
+        )
+        return None
+    problem = affine_problem(img.affine)
+    if problem is not None:
+        problems.append(
+            Problem(case, rel, "an invertible affine (voxel -> mm, from the sform/qform)", problem)
+        )
         return None
     try:
         data = np.asanyarray(img.dataobj)
@@ -92,12 +107,11 @@ def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> 
                 )
                 continue
             spatial = data.shape
-        if data.dtype.kind == "f":
-            n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-            if n_nan or n_inf:
-                problems.append(
-                    Problem(cid, rel, "finite intensities", f"{n_nan} NaN and {n_inf} Inf voxels")
-                )
+        n_nan, n_inf = non_finite_counts(data)
+        if n_nan or n_inf:
+            problems.append(
+                Problem(cid, rel, "finite intensities", f"{n_nan} NaN and {n_inf} Inf voxels")
+            )
         if first is None:
             first = (rel, spatial, affine)
         else:
@@ -118,8 +132,8 @@ def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> 
         _compare(cid, rel, data.shape, affine, first, problems)
     vals = np.unique(data)
     declared = set(info.props.labels.values())
-    if data.dtype.kind == "f" and not np.all(np.isfinite(vals) & (np.mod(vals, 1) == 0)):
-        bad = [float(v) for v in vals if not (np.isfinite(v) and v == int(v))][:5]
+    bad = non_integer_values(vals)
+    if bad:
         problems.append(Problem(cid, rel, "integer label values", f"{bad}"))
         return
     undeclared = sorted(int(v) for v in vals if int(v) not in declared)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from medtune.core.errors import MedtuneInputError
-from medtune.data.io import CHANNEL_RE, NIFTI_ENDINGS, is_hidden, nifti_ending, strip_nifti
+from medtune.data.io import (
+    CHANNEL_RE,
+    NIFTI_ENDINGS,
+    describe_folder,
+    is_hidden,
+    nifti_ending,
+    strip_nifti,
+)
 from medtune.data.props import DatasetProps
 
 NNUNET_REQUIRED = ("channel_names", "labels", "numTraining", "file_ending")
@@ -388,7 +395,8 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
     root = Path(root)
     problems: list[Problem] = []
     if not root.is_dir():
-        return None, [Problem("(dataset)", str(root), "a dataset folder", "no such folder")]
+        found = "a file" if root.exists() else "no such folder"
+        return None, [Problem("(dataset)", str(root), "a dataset folder", found)]
     data = read_dataset_json(root, problems)
     if data is None:
         return None, problems
@@ -400,12 +408,13 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
     else:
         tr, ts = _scan_nnunet(root, data, props.num_channels, props.file_ending, problems)
     if not tr:
+        found = "none" if msd else describe_folder(root / "imagesTr", "check-data/preprocess")
         problems.append(
             Problem(
                 "(dataset)",
                 "imagesTr/" if not msd else "dataset.json",
                 "at least one training case",
-                "none",
+                found,
             )
         )
     info = DatasetInfo(

@@ -3,13 +3,18 @@
 - names: `NIFTI_ENDINGS`, `CHANNEL_RE` (`CASE_0000`), `nifti_ending`, `strip_nifti`, `list_nifti`;
 - reading: `load_images` (MONAI `LoadImage`: channel files or one 4D file -> `(C, X, Y, Z)` with
   its affine), `read_label_map` (label map and spacing as stored), `nifti_geometry` (shape,
-  affine, spacing from the header), `read_label_values` (labels, refusing NaN / fractions);
+  affine, spacing from the header), `read_label_values` (labels, refusing NaN / fractions); the
+  readers refuse a singular affine (`affine_problem`) and `read_label_map` non-integer labels
+  (`non_integer_values`);
+- `describe_folder`: what a folder holds when no NIfTI file was found in it (upper-case endings,
+  a DICOM series, other files), for the "found none" messages;
 - writing: `save_nifti` (new files), `write_like` (an output with a reference file's header and
   geometry), `save_npy`, `save_json`, `copy_or_link`, all atomic (temporary name + rename).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -24,6 +29,8 @@ from medtune.core.atomic import atomic_write, atomic_write_text
 from medtune.core.errors import MedtuneInputError
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+DESCRIBE_LIMIT = 10000
+"""Most folder entries `describe_folder` looks at."""
 CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 """nnU-Net channel file stem `CASE_XXXX` (without the file ending)."""
 
@@ -96,6 +103,99 @@ def list_nifti(folder: Path) -> list[Path]:
     ]
 
 
+def affine_problem(affine) -> str | None:
+    """What makes a voxel-to-mm affine unusable (None when it is invertible): non-finite values,
+    a zero column (a voxel axis of length 0) or parallel columns."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        return "non-finite values" if a.shape == (4, 4) else f"shape {a.shape}"
+    norms = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    zero = [i for i, n in enumerate(norms) if n < 1e-6]
+    if zero:
+        cols = ", ".join(str(i) for i in zero)
+        return f"column(s) {cols} all zero (spacing {[round(float(n), 6) for n in norms]})"
+    det = abs(float(np.linalg.det(a[:3, :3]))) / float(np.prod(norms))
+    if det < 1e-6:
+        return f"a singular 3x3 part (parallel columns, normalised determinant {det:.2g})"
+    return None
+
+
+def check_affine(path: str | Path, affine) -> None:
+    """Raise (one line naming `path`) when `affine` cannot map voxels to millimetres."""
+    problem = affine_problem(affine)
+    if problem is not None:
+        raise MedtuneInputError(
+            f"{path}: expected an invertible affine (voxel -> mm, from the sform/qform), "
+            f"found {problem} (run medtune check-data)"
+        )
+
+
+def non_integer_values(arr: np.ndarray, limit: int = 5) -> list[float]:
+    """Up to `limit` distinct values of `arr` that are not whole numbers (NaN and Inf included);
+    empty for integer arrays."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f":
+        return []
+    bad = arr[~(np.isfinite(arr) & (arr == np.rint(arr)))]
+    return [float(v) for v in np.unique(bad)[:limit]]
+
+
+def non_finite_counts(arr: np.ndarray) -> tuple[int, int]:
+    """(NaN voxels, Inf voxels) of an array; (0, 0) for integer arrays."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f":
+        return 0, 0
+    finite = np.isfinite(arr)
+    if finite.all():
+        return 0, 0
+    n_nan = int(np.isnan(arr).sum())
+    return n_nan, int(arr.size - finite.sum()) - n_nan
+
+
+def describe_folder(folder: Path, tool: str) -> str:
+    """What `folder` holds instead of NIfTI files, for "found ..." messages: files whose ending
+    differs only in case (`.NII.GZ`), a DICOM series (not supported by `tool`), other files, or
+    nothing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "no such folder" if not folder.exists() else "a file, not a folder"
+    files, dicom, wrong_case = [], 0, {}
+    for p in sorted(itertools.islice(folder.rglob("*"), DESCRIBE_LIMIT)):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        files.append(p)
+        low = p.name.lower()
+        ending = next((e for e in NIFTI_ENDINGS if low.endswith(e)), None)
+        if ending and not nifti_ending(p):
+            got = p.name[-len(ending) :]
+            wrong_case[got] = wrong_case.get(got, 0) + 1
+        elif low.endswith((".dcm", ".ima")) or _is_dicom(p):
+            dicom += 1
+    if wrong_case:
+        got, n = max(wrong_case.items(), key=lambda kv: kv[1])
+        want = next(e for e in NIFTI_ENDINGS if got.lower() == e)
+        return f"{n} file(s) ending {got} (endings are case-sensitive: rename to {want})"
+    if dicom:
+        return (
+            f"a DICOM series ({dicom} DICOM file(s)); DICOM input is not supported by {tool}: "
+            "convert it to NIfTI first (e.g. dcm2niix)"
+        )
+    if files:
+        names = ", ".join(str(p.relative_to(folder)) for p in files[:3])
+        return f"none ({len(files)} other file(s), e.g. {names})"
+    return "none (the folder is empty)"
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _loader():
     from monai.transforms import LoadImage
 
@@ -111,7 +211,15 @@ def load_images(files: list[Path] | Path | str):
     chans = []
     for f in files:
         try:
+            header = nib.load(str(f))
+            if 0 in header.shape:
+                raise MedtuneInputError(
+                    f"{f}: expected a non-empty image, found shape {tuple(header.shape)}"
+                )
+            check_affine(f, header.affine)
             x = loader(str(f))
+        except MedtuneInputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - MONAI/nibabel raise many types for bad files
             raise MedtuneInputError(
                 f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:120]} (run medtune check-data)"
@@ -133,14 +241,54 @@ def load_images(files: list[Path] | Path | str):
     return torch.cat(chans, 0)
 
 
-def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Label map `(X, Y, Z)` as stored in the file, and its voxel spacing in mm."""
-    img = nib.load(str(path))
-    arr = np.asanyarray(img.dataobj)
+def check_label_values(path: str | Path, arr: np.ndarray, declared=None) -> None:
+    """Raise (one line naming `path`) when the label map `arr` holds non-integer values, or
+    values outside `declared` (label values of dataset.json) when given."""
+    bad = non_integer_values(arr)
+    if bad:
+        raise MedtuneInputError(
+            f"{path}: expected integer label values, found {bad} (run medtune check-data)"
+        )
+    if declared is not None:
+        allowed = sorted(int(v) for v in declared)
+        undeclared = sorted(set(_present_values(arr)) - set(allowed))
+        if undeclared:
+            raise MedtuneInputError(
+                f"{path}: expected label values declared in dataset.json {allowed}, found "
+                f"{undeclared[:10]} (run medtune check-data)"
+            )
+
+
+def _present_values(arr: np.ndarray) -> list[int]:
+    """The distinct values of an integer-valued label map (a count per value when the values are
+    small, which is much faster than sorting every voxel)."""
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        return []
+    lo, hi = arr.min(), arr.max()
+    if lo >= 0 and hi < 65536:
+        counts = np.bincount(arr.astype(np.int64, copy=False).ravel(), minlength=1)
+        return np.flatnonzero(counts).tolist()
+    return np.unique(arr).astype(np.int64).tolist()
+
+
+def read_label_map(path: Path, declared=None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Label map `(X, Y, Z)` as stored in the file, and its voxel spacing in mm.
+
+    Refused (one line naming the file): a singular affine, non-integer values and, when
+    `declared` (the dataset's label values) is given, values outside it."""
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise MedtuneInputError(
+            f"{path}: expected a readable NIfTI label map, found {type(exc).__name__}: "
+            f"{str(exc)[:100]} (run medtune check-data)"
+        ) from None
+    check_affine(path, img.affine)
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.rint(arr)
+    check_label_values(path, arr, declared)
     arr = arr.astype(np.uint8 if arr.min() >= 0 and arr.max() < 256 else np.int32)
     spacing = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
     return arr, tuple(float(s) for s in spacing)

@@ -6,7 +6,8 @@ and shift), optionally centred on foreground. Every sample depends only on
 (seed, epoch, index): a resumed run, or a different number of workers, sees the same crops.
 The epoch travels inside the index (`epoch * len(dataset) + i`), set by the training loader's
 sampler (`medtune.training.datamodule.ResumableSampler`), so that persistent worker processes
-need no message.
+need no message. Both datasets check their cases first (`verify_cached_cases`: the record
+preprocess wrote, else the arrays), so a NaN image never reaches the loss.
 
 The augmentations are the semantics of MONAI's `RandFlipd` (each axis with p = flip_prob),
 `RandScaleIntensityd(channel_wise=True)` (x * (1 + U(-s, s))) and
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
-from medtune.data.preprocess import load_case_arrays
+from medtune.data.preprocess import load_case_arrays, verify_cached_cases
 
 
 class TrainCropDataset(Dataset):
@@ -41,8 +42,7 @@ class TrainCropDataset(Dataset):
         self.cfg = cfg
         self.seed = int(seed)
         self.length = int(cfg.samples_per_epoch or len(self.case_ids))
-        if self.case_ids:
-            load_case_arrays(self.cache, self.case_ids[0])  # fail early on a missing cache
+        verify_cached_cases(self.cache, self.case_ids)  # missing or non-finite cases fail here
 
     def __len__(self) -> int:
         return self.length
@@ -127,6 +127,7 @@ class VolumeDataset(Dataset):
     def __init__(self, cache: str | Path, case_ids: list[str]):
         self.cache = Path(cache)
         self.case_ids = list(case_ids)
+        verify_cached_cases(self.cache, self.case_ids)
 
     def __len__(self) -> int:
         return len(self.case_ids)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -356,12 +358,21 @@ def make_phantom(kind: str, seed: int, index: int, shape=None, **knobs):
 
 
 def write_phantoms(
-    kind: str, cases: int, out: str | Path, seed: int = 0, shape=None, **knobs
+    kind: str,
+    cases: int,
+    out: str | Path,
+    seed: int = 0,
+    shape=None,
+    overwrite: bool = False,
+    **knobs,
 ) -> Path:
     """Write `cases` phantoms of `kind` ('brats' | 'kits') as an nnU-Net raw dataset in `out`.
 
     `shape` is (D, H, W) voxels (default `DEFAULT_SHAPE`); `knobs` are fields of
-    `BratsPhantomConfig` / `KitsPhantomConfig`. Returns `out`.
+    `BratsPhantomConfig` / `KitsPhantomConfig`. `out` must be new or empty; a phantom dataset
+    written before is replaced only with `overwrite` (a note on stderr says what was replaced),
+    any other content is refused. The dataset is written beside `out` under a temporary name
+    and moved in when complete, so a failure leaves `out` as it was. Returns `out`.
     """
     out = Path(out)
     if cases < 1:
@@ -371,17 +382,41 @@ def write_phantoms(
         raise MedtuneInputError(f"--kind: expected 'brats' or 'kits', found '{kind}'")
     cfg = from_dict(cfg_cls, knobs, "phantom knobs")
     shape = tuple(int(s) for s in (shape or DEFAULT_SHAPE))
-    _clear_previous_phantoms(out)
+    if len(shape) != 3 or min(shape) < 8:
+        raise MedtuneInputError(f"--shape: expected 3 sizes (D H W) >= 8, found {shape}")
+    previous = previous_phantoms(out)
+    if previous and not overwrite:
+        raise MedtuneInputError(
+            f"--out {out}: expected a new or empty folder, found {previous}; pass --overwrite "
+            "to replace it"
+        )
+    tmp = out.parent / f".tmp-{os.getpid()}-{out.name}"
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_dataset(kind, cases, tmp, seed, shape, cfg, knobs)
+        if previous:
+            print(f"{out}: replacing {previous} with {cases} {kind} cases", file=sys.stderr)
+        _move_in(tmp, out)
+    except OSError as exc:
+        raise MedtuneInputError(
+            f"--out {out}: expected a writable folder, found {exc.strerror or exc}"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_dataset(kind: str, cases: int, out: Path, seed: int, shape, cfg, knobs) -> None:
     for i in range(cases):
         img, lab, affine = make_phantom(kind, seed, i, shape, **knobs)
         case_id = f"{kind}_{i:03d}"
-        dtype = np.int16
         for c in range(img.shape[0]):
             save_nifti(
                 np.round(img[c]),
                 affine,
                 out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz",
-                dtype=dtype,
+                dtype=np.int16,
             )
         save_nifti(lab, affine, out / "labelsTr" / f"{case_id}.nii.gz", dtype=np.uint8)
     brats = kind == "brats"
@@ -405,24 +440,51 @@ def write_phantoms(
         },
         out / "dataset.json",
     )
-    return out
 
 
-def _clear_previous_phantoms(out: Path) -> None:
-    """Allow rewriting a phantom dataset (no stale cases left); refuse any other non-empty folder."""
+PHANTOM_ENTRIES = ("imagesTr", "labelsTr", "dataset.json")
+"""What `write_phantoms` writes, and all that `overwrite` replaces."""
+
+
+def previous_phantoms(out: Path) -> str | None:
+    """A description of the phantom dataset in `out` ('a phantom dataset of 4 brats cases
+    (seed 0, shape 32x48x48)'), None when `out` is missing or empty; refuses a file and a folder
+    holding anything else."""
+    if out.exists() and not out.is_dir():
+        raise MedtuneInputError(f"--out {out}: expected a folder, found a file")
     if not out.exists() or not any(out.iterdir()):
-        return
+        return None
     try:
-        previous = json.loads((out / "dataset.json").read_text()).get("medtune", {}).get("phantom")
+        data = json.loads((out / "dataset.json").read_text())
+        previous = data.get("medtune", {}).get("phantom")
     except (OSError, ValueError, AttributeError):
         previous = None
-    if not previous:
+    if not isinstance(previous, dict):
         raise MedtuneInputError(
             f"--out {out}: expected a new, empty or phantom dataset folder, found other files"
         )
-    for sub in ("imagesTr", "labelsTr"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    (out / "dataset.json").unlink()
+    n = data.get("numTraining", "?")
+    shape = "x".join(str(v) for v in previous.get("shape") or [])
+    return (
+        f"a phantom dataset of {n} {previous.get('kind')} cases (seed {previous.get('seed')}, "
+        f"shape {shape})"
+    )
+
+
+def _move_in(tmp: Path, out: Path) -> None:
+    """Replace the phantom entries of `out` (or `out` itself when missing or empty) by `tmp`'s."""
+    if not out.exists() or not any(out.iterdir()):
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return
+    for name in PHANTOM_ENTRIES:
+        old = out / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        os.replace(tmp / name, old)
 
 
 def _plain(d: dict) -> dict:

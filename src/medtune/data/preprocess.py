@@ -7,7 +7,13 @@ Layout of a cache folder:
     cases/CASE.npy         image (C, D, H, W) float32, D = Z (inferior -> superior), H = X, W = Y
     cases/CASE_seg.npy     label (D, H, W) uint8
     cases/CASE_fg.npy      sampled foreground voxels (N, 4) int32: (label, d, h, w)
-    cases/CASE.json        what maps a prediction back to the original file's voxel grid
+    cases/CASE.json        what maps a prediction back to the original file's voxel grid,
+                           and `checks`: the input checks the case passed (`CASE_CHECKS`)
+
+Inputs are checked as `medtune check-data` checks them: an invertible affine, finite
+intensities, integer label values declared in dataset.json; anything else is refused (one line
+naming the file). Prediction inputs (`preprocess_image`) may instead have their non-finite
+voxels replaced by 0 after normalisation (`nonfinite="zero"`).
 
 Geometry uses MONAI (`LoadImage`, `Orientation`, `Spacing`); `restore_to_original` undoes it
 from the recorded affines.
@@ -35,10 +41,25 @@ from tqdm import tqdm
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.dataset import CaseFiles, DatasetInfo, load_dataset
-from medtune.data.io import file_fingerprint, load_images, save_json, save_npy
+from medtune.data.io import (
+    check_label_values,
+    file_fingerprint,
+    load_images,
+    non_finite_counts,
+    save_json,
+    save_npy,
+)
 from medtune.data.props import DatasetProps
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Cache format. 2: cases record the input checks they passed (`CASE_CHECKS`); format 1 caches
+may hold NaN images, truncated non-integer labels or identity-treated singular affines, which
+cannot be told from the cached arrays, so they are rebuilt."""
+CASE_CHECKS = ("invertible_affine", "finite_image", "integer_labels", "declared_labels")
+"""Input checks a cached case passed when it was written (its JSON's `checks`)."""
+NONFINITE = ("error", "zero")
+"""What prediction does with NaN / Inf input voxels: refuse, or replace them by 0 after
+normalisation (statistics over the finite voxels)."""
 PROPS_FILE = "dataset_props.json"
 FG_SAMPLES = 10000
 CT_SAMPLES_PER_CASE = 20000
@@ -81,21 +102,53 @@ def _crop(img: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[slice, ...]]:
 
 
 def _normalise(img: np.ndarray, norm: list[dict]) -> np.ndarray:
-    """Per-channel normalisation in place: MRI z-score over non-zero voxels, CT clip + z-score."""
+    """Per-channel normalisation in place: MRI z-score over non-zero voxels, CT clip + z-score.
+
+    Non-finite voxels (NaN / Inf, only present when prediction was told to replace them) are
+    left out of the statistics and set to 0 afterwards."""
     mask = np.any(img != 0, axis=0)
     for c, n in enumerate(norm):
         x = img[c]
+        bad = ~np.isfinite(x)
+        has_bad = bool(bad.any())
         if n["scheme"] == "ct":
             np.clip(x, n["lower"], n["upper"], out=x)
             x -= n["mean"]
             x /= max(n["std"], 1e-8)
         else:
-            vals = x[mask]
+            vals = x[mask & ~bad] if has_bad else x[mask]
             mean, std = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
             x -= mean
             x /= max(std, 1e-8)
             x[~mask] = 0
+        if has_bad:
+            x[bad] = 0
     return img
+
+
+def count_nonfinite(img: np.ndarray, files: list[Path]) -> dict[str, tuple[int, int]]:
+    """{file: (NaN voxels, Inf voxels)} of the files of a loaded image `(C, X, Y, Z)` (one file
+    per channel, or one 4D file) that hold any."""
+    found: dict[str, list[int]] = {}
+    for c in range(img.shape[0]):
+        n_nan, n_inf = non_finite_counts(img[c])
+        if n_nan or n_inf:
+            f = str(files[c] if len(files) == img.shape[0] else files[0])
+            acc = found.setdefault(f, [0, 0])
+            acc[0] += n_nan
+            acc[1] += n_inf
+    return {f: (a, b) for f, (a, b) in found.items()}
+
+
+def refuse_nonfinite(found: dict[str, tuple[int, int]], hint: str) -> None:
+    """Raise one line naming the first file of `found` (`count_nonfinite`) and its counts."""
+    if not found:
+        return
+    f, (n_nan, n_inf) = next(iter(found.items()))
+    more = f" (and {len(found) - 1} more file(s))" if len(found) > 1 else ""
+    raise MedtuneInputError(
+        f"{f}: expected finite intensities, found {n_nan} NaN and {n_inf} Inf voxels{more}; {hint}"
+    )
 
 
 def _spacing_of(affine: np.ndarray) -> list[float]:
@@ -142,6 +195,7 @@ def _ct_stats(info: DatasetInfo) -> dict:
             if lab is not None and lab.shape == img.shape and (lab > 0).any()
             else img.ravel()
         )
+        fg = fg[np.isfinite(fg)]  # a non-finite case is refused when it is processed
         if fg.size > CT_SAMPLES_PER_CASE:
             fg = rng.choice(fg, CT_SAMPLES_PER_CASE, replace=False)
         vals.append(fg)
@@ -189,6 +243,7 @@ def _cache_index(info: DatasetInfo, cache: Path, spacing) -> CacheIndex:
     if info.props.modality == "ct":
         if (
             old
+            and old.format_version == CACHE_VERSION  # older caches computed them on NaN too
             and old.sources_fingerprint == fp
             and old.props.normalisation
             and old.props.normalisation[0].get("scheme") == "ct"
@@ -265,22 +320,24 @@ def _process_case(case: CaseFiles, cache: Path, props: dict, key: str) -> str:
         raise MedtuneInputError(
             f"{case.images[0]}: expected {props.num_channels} channels, found {img.shape[0]}"
         )
+    refuse_nonfinite(count_nonfinite(img.numpy(), case.images), "run medtune check-data")
     label = load_images(case.label)
     if tuple(label.shape[1:]) != tuple(img.shape[1:]):
         raise MedtuneInputError(
             f"{case.label}: expected the image shape {tuple(img.shape[1:])}, found {tuple(label.shape[1:])} (run medtune check-data)"
         )
+    check_label_values(case.label, label.numpy(), props.labels.values())
     arr, lab, meta = to_model_space(img, label, props)
-    bad = sorted(set(np.unique(lab).tolist()) - set(props.labels.values()))
-    if bad:
-        raise MedtuneInputError(
-            f"{case.label}: expected label values {sorted(props.labels.values())}, found {bad} (run medtune check-data)"
-        )
     out = cache / "cases"
     save_npy(arr, out / f"{case.case_id}.npy")
     save_npy(lab, out / f"{case.case_id}_seg.npy")
     save_npy(_fg_samples(lab, seed=len(case.case_id)), out / f"{case.case_id}_fg.npy")
-    meta.update(case_id=case.case_id, settings_key=key, sources=_case_sources(case))
+    meta.update(
+        case_id=case.case_id,
+        settings_key=key,
+        sources=_case_sources(case),
+        checks=list(CASE_CHECKS),
+    )
     save_json(meta, out / f"{case.case_id}.json")  # written last: marks the case complete
     return case.case_id
 
@@ -306,9 +363,11 @@ def preprocess_dataset(
         raise MedtuneInputError(
             f"{cache}: expected a writable cache folder, found {exc.strerror}"
         ) from None
+    outdated = False
     if (cache / PROPS_FILE).is_file():
         old = read_cache_index(cache).format_version
-        if old != CACHE_VERSION:
+        outdated = old != CACHE_VERSION
+        if outdated:
             print(
                 f"{cache}: cache format {old} is outdated (this medtune writes format "
                 f"{CACHE_VERSION}); rebuilding every case",
@@ -317,7 +376,7 @@ def preprocess_dataset(
     index = _cache_index(info, cache, spacing)
     props = index.props
     key = _settings_key(props)
-    todo = [c for c in info.cases if not _is_current(cache, c, key)]
+    todo = [c for c in info.cases if outdated or not _is_current(cache, c, key)]
     save_json(index.to_dict(), cache / PROPS_FILE)
     bar = tqdm(
         total=len(todo),
@@ -326,20 +385,26 @@ def preprocess_dataset(
         file=sys.stderr,
         disable=not todo,
     )
-    if workers > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_worker_init
-        ) as pool:
-            for _ in pool.map(
-                _process_case, todo, [cache] * len(todo), [props] * len(todo), [key] * len(todo)
-            ):
+    try:
+        if workers > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_worker_init
+            ) as pool:
+                for _ in pool.map(
+                    _process_case,
+                    todo,
+                    [cache] * len(todo),
+                    [props] * len(todo),
+                    [key] * len(todo),
+                ):
+                    bar.update()
+        else:
+            for c in todo:
+                _process_case(c, cache, props, key)
                 bar.update()
-    else:
-        for c in todo:
-            _process_case(c, cache, props, key)
-            bar.update()
-    bar.close()
+    finally:
+        bar.close()  # an error is then printed on a line of its own
     stats = {"done": len(todo), "skipped": len(info.cases) - len(todo)}
     return (cache, stats) if return_stats else cache
 
@@ -382,12 +447,59 @@ def load_case(cache: str | Path, case_id: str, mmap: bool = True):
     return img, lab, meta
 
 
-def preprocess_image(image_files_or_4d, cache_or_props) -> tuple[np.ndarray, dict]:
+def verify_cached_cases(cache: str | Path, case_ids: list[str]) -> list[str]:
+    """Check cached cases before training reads them; returns the ids checked here.
+
+    A case whose `CASE.json` records every check of `CASE_CHECKS` passed them when preprocess
+    wrote it (one small JSON read). Any other case (a cache written by hand or by an older
+    medtune) has its arrays checked now: a finite image and declared label values. A failing
+    case raises one line naming its file.
+    """
+    cache = Path(cache)
+    checked, declared = [], None
+    for cid in case_ids:
+        path = cache / "cases" / f"{cid}.json"
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise _missing_case(exc, cid) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            meta = {}
+        if isinstance(meta, dict) and set(CASE_CHECKS) <= set(meta.get("checks") or []):
+            continue
+        img, lab = load_case_arrays(cache, cid)
+        n_nan, n_inf = non_finite_counts(img)
+        rebuild = f"rebuild the cache: medtune preprocess DATASET_DIR --out {cache}"
+        if n_nan or n_inf:
+            raise MedtuneInputError(
+                f"{cache / 'cases' / cid}.npy: expected finite intensities, found {n_nan} NaN "
+                f"and {n_inf} Inf voxels ({rebuild})"
+            )
+        if declared is None:
+            declared = read_props(cache).labels.values()
+        try:
+            check_label_values(cache / "cases" / f"{cid}_seg.npy", lab, declared)
+        except MedtuneInputError as exc:
+            raise MedtuneInputError(str(exc).replace("run medtune check-data", rebuild)) from None
+        checked.append(cid)
+    return checked
+
+
+def preprocess_image(
+    image_files_or_4d, cache_or_props, nonfinite: str = "error"
+) -> tuple[np.ndarray, dict]:
     """An unlabelled case in the training geometry: (image (C, D, H, W) float32, meta).
 
     `image_files_or_4d` is one file per channel or one 4D file; `cache_or_props` a cache
     folder or its `dataset_props.json` content. `meta` feeds `restore_to_original`.
+    NaN / Inf voxels are refused (`nonfinite="error"`) or replaced by 0 after normalisation
+    (`"zero"`; normalisation statistics over the finite voxels); `meta["nonfinite_replaced"]`
+    counts them per input file.
     """
+    if nonfinite not in NONFINITE:
+        raise MedtuneInputError(
+            f"--nonfinite: expected one of {', '.join(NONFINITE)}, found {nonfinite!r}"
+        )
     props = (
         cache_or_props if isinstance(cache_or_props, DatasetProps) else read_props(cache_or_props)
     )
@@ -397,7 +509,12 @@ def preprocess_image(image_files_or_4d, cache_or_props) -> tuple[np.ndarray, dic
         raise MedtuneInputError(
             f"{image_files_or_4d}: expected {n} channel(s) ({', '.join(props.channel_names)}), found {img.shape[0]}"
         )
+    files = [image_files_or_4d] if isinstance(image_files_or_4d, str | Path) else image_files_or_4d
+    found = count_nonfinite(img.numpy(), list(files))
+    if nonfinite == "error":
+        refuse_nonfinite(found, "pass --nonfinite zero to replace them by 0 after normalisation")
     arr, _, meta = to_model_space(img, None, props)
+    meta["nonfinite_replaced"] = {f: a + b for f, (a, b) in found.items()}
     return arr, meta
 
 

@@ -77,11 +77,19 @@ def _brats_labels(info) -> tuple[int, int]:
 
 
 def predict_case_labels(
-    predictor: Predictor, image_files: list[Path], tta: str = "none", progress: bool = False
+    predictor: Predictor,
+    image_files: list[Path],
+    tta: str = "none",
+    progress: bool = False,
+    nonfinite: str = "error",
+    meta: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Predicted label map of one case, in the dataset's label values, on the input file's voxel
-    grid `(X, Y, Z)` (crop, resampling and reorientation undone)."""
-    pred = predictor.infer_case(image_files, tta=tta, progress=progress)
+    grid `(X, Y, Z)` (crop, resampling and reorientation undone). `meta`, when given, receives
+    the case's geometry record (with `nonfinite_replaced`)."""
+    pred = predictor.infer_case(image_files, tta=tta, progress=progress, nonfinite=nonfinite)
+    if meta is not None:
+        meta.update(pred.meta)
     return restore_labels(pred.labels, predictor.props.label_values, pred.meta)
 
 
@@ -98,21 +106,30 @@ def evaluate_predictor(
     summary_extra: dict[str, Any] | None = None,
     progress: bool = True,
     info=None,
+    nonfinite: str = "error",
 ) -> dict[str, Any]:
     """Evaluate `predictor` on `case_ids` (default: every labelled case) of dataset `data_dir`.
 
     `info`: the `DatasetInfo` of `data_dir` when the caller has already loaded it.
+    `nonfinite`: "error" refuses NaN / Inf image voxels, "zero" replaces them by 0 after
+    normalisation (per case in `nonfinite_replaced`, in total in the summary, noted on stderr).
 
     Writes `per_case.csv`, `summary.json` and `summary.md` into `out` when given. Returns the
     summary (`medtune.evaluation.summarize` format plus the protocol keys, and `out_dir`).
     """
     from medtune.data.dataset import load_dataset
+    from medtune.data.preprocess import NONFINITE
     from medtune.evaluation.metrics import HD95_MODES, brats_postprocess, compute_case_metrics
     from medtune.evaluation.report import case_row, summarize, write_reports
+    from medtune.inference.predict import replaced_note
     from medtune.inference.sliding_window import TTA_MODES
 
     if tta not in TTA_MODES:
         raise MedtuneInputError(f"--tta: expected one of {', '.join(TTA_MODES)}, found {tta!r}")
+    if nonfinite not in NONFINITE:
+        raise MedtuneInputError(
+            f"--nonfinite: expected one of {', '.join(NONFINITE)}, found {nonfinite!r}"
+        )
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise MedtuneInputError(
             f"--postprocess: expected one of {', '.join(POSTPROCESS)}, found {postprocess!r}"
@@ -126,9 +143,8 @@ def evaluate_predictor(
     root = Path(data_dir)
     if info is None:
         if not root.is_dir():
-            raise MedtuneInputError(
-                f"--data {root}: expected a dataset folder, found no such folder"
-            )
+            found = "a file" if root.exists() else "no such folder"
+            raise MedtuneInputError(f"--data {root}: expected a dataset folder, found {found}")
         info = load_dataset(root)
     predictor.props.check_compatible(info.props, f"--data {info.root}")
     et_nc = _brats_labels(info) if postprocess == "brats" else None
@@ -141,13 +157,19 @@ def evaluate_predictor(
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    rows = []
+    rows, replaced = [], 0
     bar = tqdm(cases, desc="evaluate", unit="case", file=sys.stderr, disable=not progress)
     for case in bar:
         bar.set_postfix_str(case.case_id)
         tc = time.perf_counter()
-        pred = predict_case_labels(predictor, list(case.images), tta=tta)
-        gt, spacing = read_label_map(case.label)
+        meta: dict[str, Any] = {}
+        pred = predict_case_labels(
+            predictor, list(case.images), tta, nonfinite=nonfinite, meta=meta
+        )
+        note = replaced_note(case.case_id, meta)
+        if note:
+            bar.write(note, file=sys.stderr)
+        gt, spacing = read_label_map(case.label, info.props.labels.values())
         if gt.shape != pred.shape:
             raise MedtuneInputError(
                 f"{case.label}: expected the image grid {pred.shape}, found {gt.shape} "
@@ -171,6 +193,9 @@ def evaluate_predictor(
         row = case_row(case.case_id, metrics)
         if relabelled is not None:
             row["et_relabelled_voxels"] = relabelled
+        if nonfinite != "error":
+            row["nonfinite_replaced"] = sum((meta.get("nonfinite_replaced") or {}).values())
+            replaced += row["nonfinite_replaced"]
         row["seconds"] = round(time.perf_counter() - tc, 3)
         rows.append(row)
     bar.close()
@@ -187,6 +212,8 @@ def evaluate_predictor(
             "postprocess": postprocess or "none",
             "hd95": hd95,
             "nsd_tolerance_mm": nsd_tolerance_mm,
+            "nonfinite": nonfinite,
+            "nonfinite_replaced_voxels": replaced,
             "device": str(predictor.device),
             **(summary_extra or {}),
             "wall_time_s": round(time.perf_counter() - t0, 2),
@@ -212,6 +239,7 @@ def evaluate_run(
     hd95: str = "directed",
     progress: bool = True,
     sw_batch_size: int | None = None,
+    nonfinite: str = "error",
 ) -> dict[str, Any]:
     """`medtune evaluate`: evaluate the best adapter of run `run_dir` on dataset `data_dir`.
 
@@ -227,6 +255,7 @@ def evaluate_run(
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (medpy's).
         sw_batch_size: windows per model call (default: the run's `train.sw_batch_size`).
+        nonfinite: "error" or "zero" (NaN / Inf image voxels replaced by 0 after normalisation).
 
     Returns:
         The summary written to `summary.json` (plus `out_dir`).
@@ -267,4 +296,5 @@ def evaluate_run(
         summary_extra={"run_dir": str(run.path.resolve()), "split": split, "fold": fold},
         progress=progress,
         info=info,
+        nonfinite=nonfinite,
     )

@@ -13,6 +13,9 @@ ET written back as 4); with `--save-probabilities` also `CASE_probs.nii.gz`, flo
 `(X, Y, Z, K)`: volume k is the probability of class k (the k-th smallest label value of the
 model's dataset), on the same grid. Each file is written to a temporary name and renamed.
 Nothing is ever written into an input folder, and existing outputs are kept unless `overwrite`.
+Inputs with a singular affine are refused before the model loads; NaN / Inf voxels are refused
+when a case is read, or replaced by 0 after normalisation with `nonfinite="zero"` (noted on
+stderr).
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ import nibabel as nib
 import numpy as np
 
 from medtune.core.errors import MedtuneInputError
-from medtune.data.io import CHANNEL_RE, list_nifti, nifti_ending, strip_nifti, write_like
+from medtune.data.io import (
+    CHANNEL_RE,
+    NIFTI_ENDINGS,
+    check_affine,
+    describe_folder,
+    list_nifti,
+    nifti_ending,
+    strip_nifti,
+    write_like,
+)
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 OUT_ENDING = ".nii.gz"
@@ -93,8 +105,11 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
             )
         if p.is_file():
             if not nifti_ending(p):
+                hint = ""
+                if p.name.lower().endswith(NIFTI_ENDINGS):
+                    hint = " (endings are case-sensitive: rename it to end .nii.gz or .nii)"
                 raise MedtuneInputError(
-                    f"--input {p}: expected a .nii.gz or .nii file, found {p.name}"
+                    f"--input {p}: expected a .nii.gz or .nii file, found {p.name}{hint}"
                 )
             m = CHANNEL_RE.match(strip_nifti(p))
             if m:  # one channel file: take its siblings of the same case
@@ -117,7 +132,7 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
         if not found:
             raise MedtuneInputError(
                 f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files) or case "
-                "folders holding them, found none"
+                f"folders holding them, found {describe_folder(p, 'predict')}"
             )
         cases.extend(found)
     seen: dict[str, InputCase] = {}
@@ -138,11 +153,13 @@ def _check_headers(case: InputCase, channel_names: list[str]) -> None:
     shapes = []
     for f in case.files:
         try:
-            shapes.append(tuple(int(s) for s in nib.load(str(f)).shape))
+            header = nib.load(str(f))
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
             raise MedtuneInputError(
                 f"{f}: expected a readable NIfTI image, found {type(exc).__name__}: {str(exc)[:100]}"
             ) from None
+        check_affine(f, header.affine)
+        shapes.append(tuple(int(s) for s in header.shape))
     if len(case.files) == 1:
         s = shapes[0]
         ok = (len(s) == 4 and s[3] == n) or (n == 1 and (len(s) == 3 or s[3:] == (1,)))
@@ -201,6 +218,18 @@ def _check_out(
         )
 
 
+def replaced_note(case_id: str, meta: dict) -> str | None:
+    """The stderr note of a case whose non-finite voxels were replaced, None when none were."""
+    per_file = meta.get("nonfinite_replaced") or {}
+    if not per_file:
+        return None
+    files = ", ".join(f"{n} in {Path(f).name}" for f, n in per_file.items())
+    return (
+        f"{case_id}: replaced {sum(per_file.values())} NaN/Inf voxel(s) by 0 after "
+        f"normalisation ({files})"
+    )
+
+
 def write_case_prediction(
     predictor: Predictor,
     case: InputCase,
@@ -208,11 +237,15 @@ def write_case_prediction(
     tta: str = "none",
     save_probabilities: bool = False,
     progress: bool = False,
+    nonfinite: str = "error",
 ) -> list[Path]:
     """Predict one case and write its outputs; returns the written paths (labels first)."""
     from medtune.data.preprocess import restore_to_original
 
-    pred = predictor.infer_case(case.files, tta=tta, progress=progress)
+    pred = predictor.infer_case(case.files, tta=tta, progress=progress, nonfinite=nonfinite)
+    note = replaced_note(case.case_id, pred.meta)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     probs, idx, meta = pred.probs, pred.labels, pred.meta
     del pred
     paths = output_paths(out_dir, case.case_id, save_probabilities)
@@ -244,6 +277,7 @@ def predict_files(
     *,
     progress: bool = True,
     sw_batch_size: int | None = None,
+    nonfinite: str = "error",
 ) -> list[Path]:
     """`medtune predict`: write a label map per input case into `out_dir`.
 
@@ -256,14 +290,21 @@ def predict_files(
         save_probabilities: also write `CASE_probs.nii.gz` (float32, `(X, Y, Z, K)`).
         overwrite: replace existing outputs instead of refusing.
         sw_batch_size: windows per model call (default: the adapter's or run's setting, else 1).
+        nonfinite: "error" (NaN / Inf input voxels are refused, naming the file and the count)
+            or "zero" (replaced by 0 after normalisation; a note on stderr says how many).
 
     Returns:
         The label map paths `OUT/CASE.nii.gz`, in case order.
     """
+    from medtune.data.preprocess import NONFINITE
     from medtune.inference.sliding_window import TTA_MODES
 
     if tta not in TTA_MODES:
         raise MedtuneInputError(f"--tta: expected one of {', '.join(TTA_MODES)}, found {tta!r}")
+    if nonfinite not in NONFINITE:
+        raise MedtuneInputError(
+            f"--nonfinite: expected one of {', '.join(NONFINITE)}, found {nonfinite!r}"
+        )
     out = Path(out_dir)
     if isinstance(adapter_or_run_dir, Predictor):
         predictor = adapter_or_run_dir
@@ -294,7 +335,7 @@ def predict_files(
     for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
         paths = write_case_prediction(
-            predictor, case, out, tta, save_probabilities, progress=progress
+            predictor, case, out, tta, save_probabilities, progress=progress, nonfinite=nonfinite
         )
         written.append(paths[0])
         if progress:

@@ -148,14 +148,22 @@ class Predictor:
         )
 
     def infer_case(
-        self, files: list[Path], tta: str = "none", progress: bool = False
+        self,
+        files: list[Path],
+        tta: str = "none",
+        progress: bool = False,
+        nonfinite: str = "error",
     ) -> CasePrediction:
         """Preprocess one case from its image files (one per channel, or one 4D file) and
-        predict it (sliding windows, optional flip TTA)."""
+        predict it (sliding windows, optional flip TTA). NaN / Inf voxels are refused, or with
+        `nonfinite="zero"` replaced by 0 after normalisation (counted in
+        `meta["nonfinite_replaced"]`, per file)."""
         from medtune.data.preprocess import preprocess_image
         from medtune.inference.sliding_window import probs_to_labels
 
-        image, meta = preprocess_image(files if len(files) > 1 else files[0], self.props)
+        image, meta = preprocess_image(
+            files if len(files) > 1 else files[0], self.props, nonfinite=nonfinite
+        )
         probs = self.predict_probs(image, tta=tta, progress=progress)
         del image
         return CasePrediction(probs, probs_to_labels(probs), meta)

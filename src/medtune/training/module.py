@@ -4,6 +4,8 @@
 - schedule: linear warm-up then cosine decay to 0, stepped every optimiser step;
 - loss: soft Dice on the softmax summed over the foreground classes (MONAI `DiceLoss`), or that
   plus cross-entropy (`dice_ce`);
+- a non-finite loss stops training at once (one line naming the epoch and the batch), before
+  the step's update, so the last checkpoint stays resumable;
 - validation: sliding-window inference (`medtune.evaluation.predict_volume`) over whole
   validation volumes, Dice per region of the dataset, averaged over cases and processes.
 
@@ -165,11 +167,30 @@ class SegTrainModule(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         logits = self.model(image)
         loss = self.loss_fn(logits, label[:, None])
+        self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=image.shape[0])
         # a device tensor: no host sync per step; read once per epoch (and per checkpoint)
         self._epoch_loss[0] = self._epoch_loss[0] + loss.detach()
         self._epoch_loss[1] += 1
         return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise at the first non-finite loss, before it reaches the weights (every process
+        decides together, so none waits in the gradient all-reduce). One host sync per step."""
+        local = bool(torch.isfinite(loss.detach()))
+        finite, trainer = local, self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(local, all=True)
+        if finite:
+            return
+        found = "a non-finite loss in another process" if local else float(loss.detach())
+        raise MedtuneInputError(
+            f"train: expected a finite loss, found {found} at epoch "
+            f"{self.current_epoch + 1}, batch {batch_idx + 1} (optimiser step "
+            f"{self.global_step + 1}); stopped before this step changed the weights, so the "
+            "run's last checkpoint and adapter/ are intact: lower train.lr or use "
+            "train.precision 32-true, then continue with medtune train --resume RUN_DIR"
+        )
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss = [0.0, 0]
