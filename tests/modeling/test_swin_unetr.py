@@ -21,6 +21,15 @@ FS = 12  # the test preset swin_unetr_test: feature size 12, window 4
 CROP = (64, 32, 32)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine threads cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def config(method="head", in_chans=4, pretrained=False, decoder="auto", **backbone) -> ModelConfig:
     data = {
         "backbone": {
