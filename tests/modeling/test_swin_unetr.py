@@ -268,3 +268,38 @@ def test_window_with_one_voxel_at_stride_32_is_refused_with_instance_norm():
             MedtuneInputError, match="32x32x32 window leaves one voxel at stride 32"
         ):
             model.train(mode)(torch.zeros(1, 4, 32, 32, 32))
+
+
+def test_real_size_model_swinvit_loads_into_the_swin_unetr_preset(tmp_path):
+    """The released architecture (feature size 48, heads 3-6-12-24, window 7, 1 CT channel):
+    every encoder tensor of the file lands in the 4-channel `swin_unetr` backbone."""
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    from medtune.modeling.backbones import BackboneConfig, create_backbone
+    from medtune.modeling.backbones.weights import load_backbone_weights
+
+    torch.manual_seed(0)
+    enc = SwinTransformer(1, 48, (7, 7, 7), (2, 2, 2), (2, 2, 2, 2), (3, 6, 12, 24))
+    sd = {
+        "module." + re.sub(r"\.mlp\.linear([12])\.", r".mlp.fc\1.", k): v
+        for k, v in enc.state_dict().items()
+    }
+    path = tmp_path / "model_swinvit.pt"
+    torch.save({"state_dict": sd}, path)
+    cfg = BackboneConfig(name="swin_unetr", in_chans=4, img_size=96, pretrained=str(path))
+    backbone = create_backbone(cfg)
+    report = load_backbone_weights(backbone, cfg)
+    assert report[1:] == [
+        "renamed 32 MLP tensors mlp.fc1/fc2 -> mlp.linear1/linear2 (MONAI's names)",
+        "skipped 8 relative_position_index buffers (the model rebuilds them)",
+        "adapted input conv patch_embed.proj.weight from 1 to 4 channels (timm adapt_input_conv)",
+        "loaded 118 tensors into swin_unetr",
+    ]
+    got = backbone.model.state_dict()
+    for k, v in enc.state_dict().items():
+        if k == "patch_embed.proj.weight":
+            assert torch.allclose(got[k], v.repeat(1, 4, 1, 1, 1) / 4)
+        else:
+            assert torch.equal(got[k], v), k
+    # MONAI's 8,062,002-parameter encoder, plus 3 more input channels of the 2x2x2 conv
+    assert sum(p.numel() for p in backbone.parameters()) == 8_062_002 + 3 * 48 * 8
