@@ -212,6 +212,7 @@ def train_run(
     pl.seed_everything(tc.seed, workers=True, verbose=False)
     report: list[str] = []
     model = build_model(cfg.model, load_weights=True, report=report)
+    model.backbone.check_crop(cfg.data.crop_size)
     for line in report:
         _log(f"weights: {line}")
     counts = count_parameters(model)

@@ -2,7 +2,9 @@
 
 `create_backbone(cfg)` builds a `SliceBackbone` with random initialisation; weights are loaded
 separately (`medtune.modeling.backbones.weights.load_backbone_weights`). `cfg.name` is either a preset
-registered here (`list_backbones()`) or any timm model name of a supported family.
+registered here (`list_backbones()`) or any timm model name of a supported family. Presets of a
+native 3D family (`BackbonePreset.family`, e.g. `swin_unetr`: MONAI's Swin UNETR encoder)
+build a `VolumeBackbone` of that family instead of a timm model.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from torch import nn
 
 from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
-from medtune.modeling.backbones.base import Backbone, FeatureInfo, InsertionPoint, SliceBackbone
+from medtune.modeling.backbones.base import (
+    Backbone,
+    FeatureInfo,
+    InsertionPoint,
+    SliceBackbone,
+    VolumeBackbone,
+)
 from medtune.modeling.backbones.cnn import CNNSliceBackbone
 from medtune.modeling.backbones.swin import SwinSliceBackbone
+from medtune.modeling.backbones.swin_unetr import SwinUNETRBackbone
 from medtune.modeling.backbones.vit import ViTSliceBackbone
 
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "FeatureInfo",
     "InsertionPoint",
     "SliceBackbone",
+    "VolumeBackbone",
     "create_backbone",
     "list_backbones",
 ]
@@ -41,12 +51,13 @@ class BackboneConfig:
     in_chans: int = 4
     """Input channels (4 for BraTS MRI, 1 for CT); the pre-trained input conv is adapted."""
     img_size: int = 128
-    """Slice size H = W the backbone is built for."""
+    """Slice size H = W the backbone is built for (native 3D families: H = W of the crop)."""
     pretrained: bool | str = False
     """False: random init; True: the preset's default weights (timm hub / cache, or a package
     file); a path: a local `.pth`/`.pt`/`.safetensors`/`.npz` file."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for `timm.create_model` (override the preset's)."""
+    """Extra keyword arguments for `timm.create_model` (override the preset's); for a native 3D
+    family, its constructor's options (Swin UNETR: `feature_size`, `depths`, `window_size`, ...)."""
 
     def __post_init__(self) -> None:
         if self.in_chans < 1:
@@ -68,6 +79,9 @@ class BackbonePreset:
     source_kwargs: dict[str, Any] = field(default_factory=dict)
     """Architecture of the checkpoint the weights come from, where it differs from `kwargs`
     (Swin checkpoints are converted against it, then their blocks mapped onto the backbone)."""
+    family: str = ""
+    """A native 3D family that builds the model itself (`VOLUME_FAMILIES`; `kwargs` are its
+    options, `timm_name` names the library class); empty: a timm model, family from its class."""
 
 
 BACKBONES: Registry[BackbonePreset] = Registry("backbone")
@@ -75,6 +89,9 @@ FAMILIES: dict[str, type[SliceBackbone]] = {
     "VisionTransformer": ViTSliceBackbone,
     "SwinTransformer": SwinSliceBackbone,
 }
+
+VOLUME_FAMILIES: dict[str, type[VolumeBackbone]] = {"swin_unetr": SwinUNETRBackbone}
+"""Native 3D families, by `BackbonePreset.family`."""
 
 _VIT = {"class_token": False, "global_pool": "", "dynamic_img_size": True}
 
@@ -120,6 +137,21 @@ _preset(
     ),
 )
 _preset("cnn_test", BackbonePreset("test_efficientnet", {}))
+# Native 3D: MONAI's Swin UNETR encoder (feature size 48, as the paper and MONAI's default; the
+# architecture of MONAI's self-supervised `model_swinvit.pt`, read from a local file).
+_SWIN_UNETR = {"depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7}
+_preset(
+    "swin_unetr",
+    BackbonePreset("monai.SwinUNETR", {**_SWIN_UNETR, "feature_size": 48}, family="swin_unetr"),
+)
+_preset(
+    "swin_unetr_test",
+    BackbonePreset(
+        "monai.SwinUNETR",
+        {**_SWIN_UNETR, "feature_size": 12, "window_size": 4},
+        family="swin_unetr",
+    ),
+)
 
 
 def list_backbones() -> list[str]:
@@ -157,6 +189,8 @@ def create_timm_model(preset: BackbonePreset, cfg: BackboneConfig) -> nn.Module:
 def create_backbone(cfg: BackboneConfig) -> Backbone:
     """Build the backbone described by `cfg`, randomly initialised."""
     preset = resolve_preset(cfg.name)
+    if preset.family:
+        return VOLUME_FAMILIES[preset.family].build(preset, cfg)
     model = create_timm_model(preset, cfg)
     family = FAMILIES.get(type(model).__name__)
     if family is None:

@@ -17,12 +17,20 @@
   adapted to the channel count (`input_conv_name`);
 - `folds_slices`: True for 2D families (`SliceBackbone`): the model folds a volume into
   `(B*D, C, H, W)` slices before the backbone and unfolds the logits after the decoder; a
-  native 3D family sets it False and takes the volume `(B, C, D, H, W)` as it is.
+  native 3D family (`VolumeBackbone`) sets it False and takes the volume `(B, C, D, H, W)` as
+  it is (its decoder returns `(B, K, D, H, W)`). `offers()` adds the derived capability
+  `slices` to the 2D families, so methods built for slices can require it.
 
 Methods insert modules in two places that every family calls in its forward pass:
 `post_block[str(i)]` (called after block `i` on a channels-last grid `(N, h, w, C)`) and
 `pre_block[str(i)]` (called before block `i` on the family's native token layout; used by
 prompt methods). Both receive the `SliceContext` of the current forward pass.
+
+A native 3D family calls `post_block` modules on the same layout: its stage grid
+`(B, D', h, w, C)` is handed over as the `B*D'` slices `(B*D', h, w, C)` with a context whose
+`depth` is the stage's own depth `D'` (`VolumeBackbone.run_post_volume`), so a module that
+unfolds slices into a volume (`grid_to_volume`) sees the stage's volume `(B, C, D', h, w)`;
+`InsertionPoint.depth_stride` says how much that depth is reduced (2D families: 1).
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class InsertionPoint:
     """Stage (resolution level or block group) the block belongs to."""
     stage_end: bool
     """True for the last block of its stage."""
+    depth_stride: int = 1
+    """Stride of the block's output along the volume depth D (2D families keep every slice: 1;
+    a native 3D family downsamples depth like h and w)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,9 @@ class FeatureInfo:
     """Attention heads of the stage that produced it (None: not an attention stage)."""
 
 
-CAPABILITIES = ("pre_block", "transformer_blocks", "prompt_tokens", "window_attention")
-"""Kinds of insertion a family may offer (see the module docstring)."""
+CAPABILITIES = ("pre_block", "transformer_blocks", "prompt_tokens", "window_attention", "slices")
+"""Kinds of insertion a family may offer (see the module docstring); `slices` is derived from
+`folds_slices` by `Backbone.offers()`, never declared."""
 
 
 class Backbone(nn.Module):
@@ -101,6 +113,14 @@ class Backbone(nn.Module):
         self.post_block = nn.ModuleDict()
         self.insertion_points: list[InsertionPoint] = []
         self.feature_info: list[FeatureInfo] = []
+
+    def offers(self) -> frozenset[str]:
+        """`capabilities`, plus `slices` when the family runs over the slices of the volume."""
+        return self.capabilities | ({"slices"} if self.folds_slices else frozenset())
+
+    def check_crop(self, crop: tuple[int, int, int]) -> None:
+        """Raise when a training crop / inference window `(D, H, W)` cannot run through this
+        backbone; the message names the sizes that would."""
 
     # --- method hooks -------------------------------------------------------------------
     def run_pre(self, i: int, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
@@ -176,6 +196,76 @@ class SliceBackbone(Backbone):
     def size_divisor(self) -> int:
         """Slice sizes must be multiples of this."""
         return max(f.stride for f in self.feature_info)
+
+    def check_crop(self, crop: tuple[int, int, int]) -> None:
+        self.check_slice_size((crop[1], crop[2]))
+
+
+def _multiples_near(n: int, div: int) -> str:
+    """`'96 or 128'`: the multiples of `div` next to `n`."""
+    lo = max(div, n // div * div)
+    hi = lo + div if lo <= n else lo
+    return f"{lo} or {hi}" if lo != hi else str(lo)
+
+
+class VolumeBackbone(Backbone):
+    """A native 3D family run over volumes `(B, C, D, H, W)` (no slice folding).
+
+    Its `forward_features` returns volumetric features `[(B, C_i, D/s_i, H/s_i, W/s_i)]` per
+    `feature_info` and calls the methods' `post_block` modules through `run_post_volume`.
+    """
+
+    folds_slices: ClassVar[bool] = False
+
+    def forward(self, x: torch.Tensor, ctx: SliceContext | None = None) -> list[torch.Tensor]:
+        self.check_input(x)
+        if ctx is None:
+            ctx = SliceContext(batch=x.shape[0], depth=x.shape[2])
+        return self.forward_features(x, ctx)
+
+    @property
+    def size_divisor(self) -> int:
+        """Every spatial size (D, H and W) must be a multiple of this."""
+        return max(f.stride for f in self.feature_info)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a one-line error when a volume does not fit the backbone."""
+        if x.ndim != 5:
+            raise MedtuneInputError(
+                f"backbone {self.name}: expected a volume (B, C, D, H, W), found shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise MedtuneInputError(
+                f"backbone {self.name}: expected {self.in_chans} input channels, found {x.shape[1]}"
+            )
+        self.check_volume_size(tuple(x.shape[2:]))
+
+    def check_volume_size(self, dhw: tuple[int, ...], what: str = "volume size") -> None:
+        """Raise when a spatial size `(D, H, W)` is not a multiple of `size_divisor` per axis."""
+        div = self.size_divisor
+        bad = [(axis, n) for axis, n in zip("DHW", dhw) if n % div]
+        if bad:
+            fix = ", ".join(f"{a} {n} -> {_multiples_near(n, div)}" for a, n in bad)
+            raise MedtuneInputError(
+                f"backbone {self.name}: {what} {'x'.join(map(str, dhw))} is not divisible by {div} "
+                f"along every axis (patch size x downsampling); sizes that work: {fix}"
+            )
+
+    def check_crop(self, crop: tuple[int, int, int]) -> None:
+        self.check_volume_size(tuple(crop), "crop size (data.crop_size)")
+
+    def run_post_volume(self, i: int, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Apply the module inserted after block `i` to a stage grid `(B, D', h, w, C)`.
+
+        The module sees the grid's `B*D'` slices `(B*D', h, w, C)` with `ctx.depth = D'`
+        (the inter-stage `ctx.state` is shared), exactly the layout 2D families hand over.
+        """
+        if str(i) not in self.post_block:
+            return x
+        b, d, h, w, c = x.shape
+        stage_ctx = SliceContext(batch=b, depth=d, state=ctx.state)
+        out = self.post_block[str(i)](x.reshape(b * d, h, w, c), stage_ctx)
+        return out.reshape(b, d, h, w, -1)
 
 
 def stage_of_points(points: list[InsertionPoint]) -> dict[int, list[InsertionPoint]]:

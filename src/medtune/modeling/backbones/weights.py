@@ -328,6 +328,11 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
     """Load `cfg.pretrained` into `backbone`; returns report lines (what was adapted/resized/unused)."""
     from medtune.modeling.backbones import resolve_preset
 
+    if backbone.family == "swin_unetr":  # native 3D: MONAI's checkpoint layouts
+        from medtune.modeling.backbones.swin_unetr_weights import load_swin_unetr_weights
+
+        return load_swin_unetr_weights(backbone, cfg)
+
     preset = resolve_preset(cfg.name)
     source = cfg.pretrained
     if source is True:

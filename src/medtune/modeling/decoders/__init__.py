@@ -3,6 +3,9 @@
 Every decoder maps the backbone's features `[(N, C_i, H/s_i, W/s_i)]` to per-slice logits
 `(N, K, H, W)`. `create_decoder(cfg, backbone, num_classes)`; `name: auto` picks the backbone's
 `default_decoder` (UPerNet for ViTs, the Swin-UNet decoder for Swin, the U-Net decoder for CNNs).
+Decoders of native 3D backbones (`VOLUME_DECODERS`: `swin_unetr`) map volumetric features
+`[(B, C_i, D/s_i, H/s_i, W/s_i)]` to `(B, K, D, H, W)`; a 2D decoder on a native 3D backbone,
+or the reverse, is refused.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
 from medtune.modeling.backbones.base import Backbone
 from medtune.modeling.decoders.swin_unet import SwinUNetDecoder
+from medtune.modeling.decoders.swin_unetr import SwinUNETRDecoder
 from medtune.modeling.decoders.unet import UNetDecoder
 from medtune.modeling.decoders.upernet import UPerNetDecoder
 
 DECODERS: Registry = Registry("decoder")
+VOLUME_DECODERS = frozenset({"swin_unetr"})
+"""Decoders of native 3D backbones (volumes in, volumes out); every other decodes slices."""
 
 
 @dataclass
@@ -27,7 +33,8 @@ class DecoderConfig:
     """Which decoder turns the backbone's features into per-slice logits."""
 
     name: str = "auto"
-    """`upernet`, `swin_unet`, `unet`, or `auto` (by backbone family: ViT -> upernet, Swin -> swin_unet, CNN -> unet)."""
+    """`upernet`, `swin_unet`, `unet`, `swin_unetr` (native 3D), or `auto` (by backbone family:
+    ViT -> upernet, Swin -> swin_unet, CNN -> unet, Swin UNETR -> swin_unetr)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Decoder keyword options (e.g. `channels: 256` for UPerNet, `depth: 2` for Swin-UNet)."""
 
@@ -50,6 +57,11 @@ def _swin_unet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
     )
 
 
+@DECODERS.register("swin_unetr")
+def _swin_unetr(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    return SwinUNETRDecoder(backbone.feature_info, num_classes, **kw)
+
+
 @DECODERS.register("unet")
 def _unet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
     return UNetDecoder(backbone.feature_info, num_classes, **kw)
@@ -60,9 +72,23 @@ def list_decoders() -> list[str]:
     return DECODERS.names()
 
 
+def check_decoder_fits(name: str, backbone: Backbone) -> None:
+    """Refuse a 2D (per-slice) decoder on a native 3D backbone, and a volume decoder on a 2D one."""
+    if name not in DECODERS or (name in VOLUME_DECODERS) != backbone.folds_slices:
+        return
+    if backbone.folds_slices:
+        what = f"decodes the volumes of a native 3D backbone; {backbone.name} ({backbone.family}) runs over slices"
+    else:
+        what = f"decodes 2D slices; {backbone.name} ({backbone.family}) is a native 3D backbone whose features are volumes"
+    raise MedtuneInputError(
+        f"decoder {name} {what}; use decoder.name: {backbone.default_decoder} (or auto)"
+    )
+
+
 def create_decoder(cfg: DecoderConfig, backbone: Backbone, num_classes: int) -> nn.Module:
     """Build the decoder `cfg.name` for `backbone`'s features."""
     name = backbone.default_decoder if cfg.name == "auto" else cfg.name
+    check_decoder_fits(name, backbone)
     try:
         return DECODERS.create(name, backbone, num_classes, **cfg.options)
     except TypeError as exc:

@@ -35,7 +35,8 @@ class TuningMethod:
     config_cls: ClassVar[type] = MethodConfig
     requires: ClassVar[frozenset[str]] = frozenset()
     """Backbone capabilities the method needs (`medtune.modeling.backbones.base.CAPABILITIES`);
-    every family has post-block hooks, so methods that use only those require nothing."""
+    every family has post-block hooks, so methods that use only those require nothing; methods
+    built for 2D backbones run over slices require `slices` (native 3D families refuse them)."""
     requires_any: ClassVar[frozenset[str]] = frozenset()
     """Capabilities of which the backbone must offer at least one (when not empty)."""
     wrapper_segments: ClassVar[tuple[str, ...]] = ()
@@ -50,9 +51,21 @@ class TuningMethod:
         self.config = config
 
     # --- protocol ------------------------------------------------------------------------
+    @classmethod
+    def supports(cls, have: frozenset[str]) -> bool:
+        """True when a backbone offering the capabilities `have` can take this method."""
+        return cls.requires <= have and (not cls.requires_any or bool(cls.requires_any & have))
+
     def check_supported(self, backbone: nn.Module) -> None:
         """Raise a clear error when the backbone lacks a capability the method requires."""
-        have = backbone.capabilities
+        have = backbone.offers()
+        if "slices" in self.requires and "slices" not in have:
+            fits = [n for n in METHODS.names() if METHODS.get(n).supports(have)]
+            raise MedtuneInputError(
+                f"method '{self.name}' does not support {backbone.family} backbones: it works on "
+                f"2D backbones run over the slices of a volume, and {backbone.name} is a native 3D "
+                f"backbone; methods for it: {', '.join(fits)}"
+            )
         missing = sorted(self.requires - have)
         if not missing and self.requires_any and not self.requires_any & have:
             missing = [" or ".join(sorted(self.requires_any))]

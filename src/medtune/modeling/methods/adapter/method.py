@@ -14,7 +14,7 @@ class AdapterTuning(TuningMethod):
     """`blk.attn` and `blk.mlp` of each block are wrapped: output `y -> y + up(act(down(y)))`."""
 
     config_cls = AdapterConfig
-    requires = frozenset({"transformer_blocks"})
+    requires = frozenset({"transformer_blocks", "slices"})
     wrapper_segments = ("wrapped",)
     unsupported_reason = (
         "the adapter follows the attention and MLP sub-blocks of transformer blocks, which CNN "

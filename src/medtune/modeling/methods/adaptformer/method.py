@@ -15,7 +15,7 @@ class AdaptFormer(TuningMethod):
     normalised MLP input `(N, L, C)` (ViT) or `(N, h, w, C)` (Swin)."""
 
     config_cls = AdaptFormerConfig
-    requires = frozenset({"transformer_blocks"})
+    requires = frozenset({"transformer_blocks", "slices"})
     wrapper_segments = ("wrapped",)
     unsupported_reason = (
         "AdaptFormer runs beside the MLP of transformer blocks, which CNN stages do not have; "

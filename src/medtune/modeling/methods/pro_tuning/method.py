@@ -18,6 +18,7 @@ class ProTuning(TuningMethod):
     output: `y + P(y)`."""
 
     config_cls = ProTuningConfig
+    requires = frozenset({"slices"})
 
     def insert(self, model: nn.Module) -> None:
         cfg: ProTuningConfig = self.config

@@ -14,6 +14,7 @@ class STAdapterTuning(TuningMethod):
     """Insert an `STAdapter` in the backbone's `post_block` hook of every insertion point."""
 
     config_cls = STAdapterConfig
+    requires = frozenset({"slices"})
 
     def insert(self, model: nn.Module) -> None:
         cfg: STAdapterConfig = self.config

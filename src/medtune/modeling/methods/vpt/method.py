@@ -18,7 +18,7 @@ class VisualPromptTuning(TuningMethod):
     shallow prompts block 0 only, deep every block (P tokens of that block's width)."""
 
     config_cls = VPTConfig
-    requires = frozenset({"transformer_blocks"})
+    requires = frozenset({"transformer_blocks", "slices"})
     requires_any = frozenset({"prompt_tokens", "window_attention"})
     wrapper_segments = ("wrapped",)
     unsupported_reason = (
