@@ -60,6 +60,7 @@ from medtune.data.io import (
     save_json,
     save_npy,
 )
+from medtune.data.normalisation import ct_statistics, normalise
 from medtune.data.props import DatasetProps
 
 CACHE_VERSION = 2
@@ -73,7 +74,6 @@ NONFINITE = ("error", "zero")
 normalisation (statistics over the finite voxels)."""
 PROPS_FILE = "dataset_props.json"
 FG_SAMPLES = 10000
-CT_SAMPLES_PER_CASE = 20000
 
 
 def default_cache_dir(root: str | Path) -> Path:
@@ -110,31 +110,6 @@ def _crop(img: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[slice, ...]]:
         start, end = [0, 0, 0], list(img.shape[1:])
     meta["bbox_start"], meta["bbox_end"] = start, end
     return img, tuple(slice(s, e) for s, e in zip(start, end))
-
-
-def _normalise(img: np.ndarray, norm: list[dict]) -> np.ndarray:
-    """Per-channel normalisation in place: MRI z-score over non-zero voxels, CT clip + z-score.
-
-    Non-finite voxels (NaN / Inf, only present when prediction was told to replace them) are
-    left out of the statistics and set to 0 afterwards."""
-    mask = np.any(img != 0, axis=0)
-    for c, n in enumerate(norm):
-        x = img[c]
-        bad = ~np.isfinite(x)
-        has_bad = bool(bad.any())
-        if n["scheme"] == "ct":
-            np.clip(x, n["lower"], n["upper"], out=x)
-            x -= n["mean"]
-            x /= max(n["std"], 1e-8)
-        else:
-            vals = x[mask & ~bad] if has_bad else x[mask]
-            mean, std = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
-            x -= mean
-            x /= max(std, 1e-8)
-            x[~mask] = 0
-        if has_bad:
-            x[bad] = 0
-    return img
 
 
 def count_nonfinite(img: np.ndarray, files: list[Path]) -> dict[str, tuple[int, int]]:
@@ -175,7 +150,7 @@ def to_model_space(img, label, props: DatasetProps):
     arr = img.numpy().astype(np.float32, copy=False)
     arr, sl = _crop(arr, meta)
     arr = np.ascontiguousarray(to_model_order(arr[(slice(None), *sl)], axes))
-    arr = _normalise(arr, props.normalisation)
+    arr = normalise(arr, props.normalisation)
     lab = None
     if label is not None:
         lab_xyz = np.rint(label.numpy()[0][sl])
@@ -200,34 +175,6 @@ def _settings_key(props: DatasetProps) -> str:
 def _case_sources(case: CaseFiles) -> dict[str, list]:
     files = list(case.images) + ([case.label] if case.label else [])
     return {str(f): file_fingerprint(f) for f in files}
-
-
-def _ct_stats(info: DatasetInfo) -> dict:
-    """Dataset-level CT statistics over labelled foreground voxels (nnU-Net style)."""
-    rng = np.random.default_rng(0)
-    vals = []
-    for case in info.cases:
-        img = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float32)
-        lab = np.asarray(nib.load(str(case.label)).dataobj) if case.label else None
-        fg = (
-            img[lab > 0]
-            if lab is not None and lab.shape == img.shape and (lab > 0).any()
-            else img.ravel()
-        )
-        fg = fg[np.isfinite(fg)]  # a non-finite case is refused when it is processed
-        if fg.size > CT_SAMPLES_PER_CASE:
-            fg = rng.choice(fg, CT_SAMPLES_PER_CASE, replace=False)
-        vals.append(fg)
-    v = np.concatenate(vals).astype(np.float64)
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    v = np.clip(v, lo, hi)
-    return {
-        "scheme": "ct",
-        "lower": float(lo),
-        "upper": float(hi),
-        "mean": float(v.mean()),
-        "std": float(v.std()),
-    }
 
 
 @dataclass
@@ -288,7 +235,7 @@ def _cache_index(info: DatasetInfo, cache: Path, spacing, slice_axis: str = "axi
         ):
             norm = old.props.normalisation
         else:
-            norm = [_ct_stats(info)]
+            norm = [ct_statistics(info)]
     else:
         norm = [{"scheme": "zscore_nonzero"} for _ in info.props.channel_names]
     axis, median = _resolve_axis(info, old, spacing, slice_axis)
