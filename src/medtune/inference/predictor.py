@@ -8,7 +8,7 @@
 
 Everything inference needs travels in the adapter's `extra` (written by training): the dataset
 properties (`extra["dataset"]`: channel names, labels, regions, the `"medtune"` label
-conventions, normalisation, target spacing), the training window `extra["crop_size"]` and the
+conventions, normalisation, target spacing, slice axis), the training window `extra["crop_size"]` and the
 sliding-window overlap `extra["sw_overlap"]`. When the adapter lacks them, the run's
 `config.yaml` (and its preprocessing cache) fills them in.
 
