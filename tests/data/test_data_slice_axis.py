@@ -137,6 +137,7 @@ def test_auto_picks_the_coarsest_median_axis_and_records_it(tmp_path, capsys):
     # naming the axis auto resolved to keeps the cases; so does auto again
     _, stats = preprocess_dataset(ds, cache, slice_axis="sagittal", return_stats=True)
     assert stats == {"done": 0, "skipped": 3}
+    assert read_cache_index(cache).slice_axis_setting == "auto"  # still auto's decision
     _, stats = preprocess_dataset(ds, cache, slice_axis="auto", return_stats=True)
     assert stats == {"done": 0, "skipped": 3} and read_props(cache).slice_axis == "sagittal"
     # with a target spacing, the cache's own grid decides
@@ -153,6 +154,7 @@ def test_auto_is_decided_once_new_cases_do_not_flip_it(tmp_path):
     ds = _dataset(tmp_path / "ds", [(3.0, 1.0, 0.8)])
     cache = preprocess_dataset(ds, tmp_path / "cache", slice_axis="auto")
     assert read_props(cache).slice_axis == "sagittal"
+    preprocess_dataset(ds, cache, slice_axis="sagittal")  # a resumed run names the resolved axis
     _dataset(ds, [(0.8, 0.8, 3.0), (0.8, 0.8, 3.0)], first=1)  # now Z is coarsest
     _, stats = preprocess_dataset(ds, cache, slice_axis="auto", return_stats=True)
     assert stats == {"done": 2, "skipped": 1}  # only the new cases, along the recorded axis

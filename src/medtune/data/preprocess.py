@@ -192,7 +192,7 @@ class CacheIndex:
     format_version: int = CACHE_VERSION
     """Cache format (a cache of an older format is rebuilt)."""
     slice_axis_setting: str = "axial"
-    """The slice axis asked for (`auto` or an axis); `props.slice_axis` is what it resolved to."""
+    """`auto` when auto decided `props.slice_axis` (kept while that axis is asked for), else it."""
     median_spacing: list[float] | None = None
     """Median RAS voxel spacing (X, Y, Z) in mm of the cases, when `auto` needed it."""
 
@@ -209,16 +209,25 @@ class CacheIndex:
 
 
 def _resolve_axis(info: DatasetInfo, old: CacheIndex | None, spacing, setting: str):
-    """(resolved slice axis, median RAS spacing or None). `auto` is decided once: a cache that
-    resolved `auto` at the same target spacing keeps its axis (new cases never flip it)."""
+    """(resolved slice axis, setting to record, median RAS spacing or None).
+
+    `auto` is decided once: a cache whose axis `auto` decided, at the same target spacing,
+    keeps it (cases added later never flip it), also after that axis was asked for by name
+    (as a resumed run's resolved config does)."""
+    decided = (
+        old is not None
+        and old.slice_axis_setting == "auto"
+        and old.props.spacing == (tuple(spacing) if spacing is not None else None)
+    )
     if setting != "auto":
-        return setting, None
-    same = old is not None and old.slice_axis_setting == "auto"
-    if same and old.props.spacing == (tuple(spacing) if spacing is not None else None):
-        return old.props.slice_axis, old.median_spacing
+        if decided and old.props.slice_axis == setting:
+            return setting, "auto", old.median_spacing
+        return setting, setting, None
+    if decided:
+        return old.props.slice_axis, "auto", old.median_spacing
     median = median_ras_spacing(c.images[0] for c in info.cases)
     axis = resolve_slice_axis("auto", spacing if spacing is not None else median)
-    return axis, (list(median) if median is not None else None)
+    return axis, "auto", (list(median) if median is not None else None)
 
 
 def _cache_index(info: DatasetInfo, cache: Path, spacing, slice_axis: str = "axial") -> CacheIndex:
@@ -238,10 +247,10 @@ def _cache_index(info: DatasetInfo, cache: Path, spacing, slice_axis: str = "axi
             norm = [ct_statistics(info)]
     else:
         norm = [{"scheme": "zscore_nonzero"} for _ in info.props.channel_names]
-    axis, median = _resolve_axis(info, old, spacing, slice_axis)
+    axis, setting, median = _resolve_axis(info, old, spacing, slice_axis)
     props = dataclasses.replace(info.props, normalisation=norm, spacing=spacing, slice_axis=axis)
     ids = [c.case_id for c in info.cases]
-    return CacheIndex(props, ids, str(info.root.resolve()), fp, CACHE_VERSION, slice_axis, median)
+    return CacheIndex(props, ids, str(info.root.resolve()), fp, CACHE_VERSION, setting, median)
 
 
 def read_cache_index(cache: str | Path) -> CacheIndex:
