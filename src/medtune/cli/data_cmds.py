@@ -72,17 +72,21 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from medtune.data.preprocess import preprocess_dataset
+    from medtune.data.preprocess import preprocess_dataset, read_props
 
     if args.workers < 1:
         raise MedtuneInputError(f"--workers: expected >= 1, found {args.workers}")
     t0 = time.perf_counter()
     cache, stats = preprocess_dataset(
-        Path(args.dataset), Path(args.out), workers=args.workers, return_stats=True
+        Path(args.dataset),
+        Path(args.out),
+        workers=args.workers,
+        return_stats=True,
+        slice_axis=args.slice_axis,
     )
     print(
-        f"cache {cache}: {stats['done']} case(s) preprocessed, {stats['skipped']} up to date "
-        f"({time.perf_counter() - t0:.1f} s)"
+        f"cache {cache}: {stats['done']} case(s) preprocessed, {stats['skipped']} up to date, "
+        f"slice axis {read_props(cache).slice_axis} ({time.perf_counter() - t0:.1f} s)"
     )
     return 0
 
@@ -152,4 +156,11 @@ def register(subparsers) -> None:
     p.add_argument("dataset", metavar="DATASET_DIR", help="nnU-Net raw or MSD dataset folder")
     p.add_argument("--out", required=True, metavar="CACHE_DIR", help="cache folder")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--slice-axis",
+        choices=("axial", "coronal", "sagittal", "auto"),
+        default="axial",
+        help="RAS axis the model's D (the 2D slices) runs along; auto: the axis of the coarsest "
+        "median spacing (default axial; training sets it from data.slice_axis)",
+    )
     p.set_defaults(func=_preprocess)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from medtune.core.errors import MedtuneInputError
 
@@ -11,8 +12,9 @@ from medtune.core.errors import MedtuneInputError
 class DataConfig:
     """Where the data is and how training crops are drawn.
 
-    Batches reach the model as `(B, C, D, H, W)` with D along Z (inferior -> superior) after
-    canonical RAS orientation, H along X and W along Y.
+    Batches reach the model as `(B, C, D, H, W)`, after canonical RAS orientation, with D along
+    the slice axis (`medtune.data.axes`): axial D = Z, H = X, W = Y; coronal D = Y, H = X,
+    W = Z; sagittal D = X, H = Y, W = Z.
     """
 
     root: str | None = None
@@ -27,8 +29,10 @@ class DataConfig:
     """Seed of the fold assignment."""
     spacing: tuple[float, float, float] | None = None
     """Target voxel spacing in mm (X, Y, Z) for resampling; None keeps the native spacing."""
+    slice_axis: Literal["axial", "coronal", "sagittal", "auto"] = "axial"
+    """RAS axis of the model's D (2D backbones' slices); auto: the coarsest median spacing."""
     crop_size: tuple[int, int, int] = (128, 128, 128)
-    """Random crop size (D, H, W); volumes smaller than this are padded."""
+    """Random crop size (D, H, W) in the model's axis order (slice_axis); smaller volumes padded."""
     batch_size: int = 2
     """Crops per device per step."""
     foreground_prob: float = 0.0

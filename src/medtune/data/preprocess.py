@@ -2,9 +2,10 @@
 
 Layout of a cache folder:
 
-    dataset_props.json     dataset-level: labels, regions, channels, modality, spacing,
-                           per-channel normalisation (CT: percentiles, mean, std), case list
-    cases/CASE.npy         image (C, D, H, W) float32, D = Z (inferior -> superior), H = X, W = Y
+    dataset_props.json     dataset-level: labels, regions, channels, modality, spacing, slice
+                           axis, per-channel normalisation (CT: percentiles, mean, std), cases
+    cases/CASE.npy         image (C, D, H, W) float32, D along the slice axis (`medtune.data.axes`;
+                           axial: D = Z inferior -> superior, H = X, W = Y)
     cases/CASE_seg.npy     label (D, H, W) uint8
     cases/CASE_fg.npy      sampled foreground voxels (N, 4) int32: (label, d, h, w)
     cases/CASE.json        what maps a prediction back to the original file's voxel grid,
@@ -15,8 +16,9 @@ intensities, integer label values declared in dataset.json; anything else is ref
 naming the file). Prediction inputs (`preprocess_image`) may instead have their non-finite
 voxels replaced by 0 after normalisation (`nonfinite="zero"`).
 
-Geometry uses MONAI (`LoadImage`, `Orientation`, `Spacing`); `restore_to_original` undoes it
-from the recorded affines.
+Geometry uses MONAI (`LoadImage`, `Orientation`, `Spacing`), then the slice axis's transpose
+(`medtune.data.axes.to_model_order`); `restore_to_original` undoes all of it from the recorded
+axes and affines.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from medtune.core.errors import MedtuneInputError
+from medtune.data.axes import (
+    AXIAL_AXES,
+    median_ras_spacing,
+    model_axes,
+    model_spacing,
+    resolve_slice_axis,
+    to_model_order,
+    to_ras_order,
+)
 from medtune.data.dataset import CaseFiles, DatasetInfo, load_dataset
 from medtune.data.io import (
     check_label_values,
@@ -49,6 +60,7 @@ from medtune.data.io import (
     save_json,
     save_npy,
 )
+from medtune.data.normalisation import ct_statistics, normalise
 from medtune.data.props import DatasetProps
 
 CACHE_VERSION = 2
@@ -62,7 +74,6 @@ NONFINITE = ("error", "zero")
 normalisation (statistics over the finite voxels)."""
 PROPS_FILE = "dataset_props.json"
 FG_SAMPLES = 10000
-CT_SAMPLES_PER_CASE = 20000
 
 
 def default_cache_dir(root: str | Path) -> Path:
@@ -101,31 +112,6 @@ def _crop(img: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[slice, ...]]:
     return img, tuple(slice(s, e) for s, e in zip(start, end))
 
 
-def _normalise(img: np.ndarray, norm: list[dict]) -> np.ndarray:
-    """Per-channel normalisation in place: MRI z-score over non-zero voxels, CT clip + z-score.
-
-    Non-finite voxels (NaN / Inf, only present when prediction was told to replace them) are
-    left out of the statistics and set to 0 afterwards."""
-    mask = np.any(img != 0, axis=0)
-    for c, n in enumerate(norm):
-        x = img[c]
-        bad = ~np.isfinite(x)
-        has_bad = bool(bad.any())
-        if n["scheme"] == "ct":
-            np.clip(x, n["lower"], n["upper"], out=x)
-            x -= n["mean"]
-            x /= max(n["std"], 1e-8)
-        else:
-            vals = x[mask & ~bad] if has_bad else x[mask]
-            mean, std = (float(vals.mean()), float(vals.std())) if vals.size else (0.0, 1.0)
-            x -= mean
-            x /= max(std, 1e-8)
-            x[~mask] = 0
-        if has_bad:
-            x[bad] = 0
-    return img
-
-
 def count_nonfinite(img: np.ndarray, files: list[Path]) -> dict[str, tuple[int, int]]:
     """{file: (NaN voxels, Inf voxels)} of the files of a loaded image `(C, X, Y, Z)` (one file
     per channel, or one 4D file) that hold any."""
@@ -156,59 +142,39 @@ def _spacing_of(affine: np.ndarray) -> list[float]:
 
 
 def to_model_space(img, label, props: DatasetProps):
-    """(image (C, D, H, W) float32, label (D, H, W) uint8 or None, meta) in the cache's geometry."""
+    """(image (C, D, H, W) float32, label (D, H, W) uint8 or None, meta) in the cache's geometry:
+    RAS, resampled, cropped, then D along `props.slice_axis` (`meta["axes"]`: the RAS axis of
+    D, H, W; `meta["spacing"]`: mm along D, H, W)."""
     img, label, meta = _geometry(img, label, props.spacing)
+    axes = model_axes(props.slice_axis)
     arr = img.numpy().astype(np.float32, copy=False)
     arr, sl = _crop(arr, meta)
-    arr = np.ascontiguousarray(arr[(slice(None), *sl)].transpose(0, 3, 1, 2))
-    arr = _normalise(arr, props.normalisation)
+    arr = np.ascontiguousarray(to_model_order(arr[(slice(None), *sl)], axes))
+    arr = normalise(arr, props.normalisation)
     lab = None
     if label is not None:
         lab_xyz = np.rint(label.numpy()[0][sl])
-        lab = np.ascontiguousarray(lab_xyz.transpose(2, 0, 1)).astype(np.uint8)
-    sx, sy, sz = _spacing_of(np.asarray(meta["resampled_affine"]))
-    meta["spacing"] = [sz, sx, sy]
+        lab = np.ascontiguousarray(to_model_order(lab_xyz, axes)).astype(np.uint8)
+    meta["slice_axis"], meta["axes"] = props.slice_axis, list(axes)
+    meta["spacing"] = model_spacing(_spacing_of(np.asarray(meta["resampled_affine"])), axes)
     meta["shape"] = list(arr.shape)
     return arr, lab, meta
 
 
 def _settings_key(props: DatasetProps) -> str:
+    """What a cached case was built with; a change rebuilds it. The axial key is the one of
+    caches written before the slice axis existed, so they stay valid."""
     spacing = list(props.spacing) if props.spacing is not None else None
-    key = json.dumps([CACHE_VERSION, spacing, props.normalisation], sort_keys=True)
+    settings = [CACHE_VERSION, spacing, props.normalisation]
+    if props.slice_axis != "axial":
+        settings.append(props.slice_axis)
+    key = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _case_sources(case: CaseFiles) -> dict[str, list]:
     files = list(case.images) + ([case.label] if case.label else [])
     return {str(f): file_fingerprint(f) for f in files}
-
-
-def _ct_stats(info: DatasetInfo) -> dict:
-    """Dataset-level CT statistics over labelled foreground voxels (nnU-Net style)."""
-    rng = np.random.default_rng(0)
-    vals = []
-    for case in info.cases:
-        img = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float32)
-        lab = np.asarray(nib.load(str(case.label)).dataobj) if case.label else None
-        fg = (
-            img[lab > 0]
-            if lab is not None and lab.shape == img.shape and (lab > 0).any()
-            else img.ravel()
-        )
-        fg = fg[np.isfinite(fg)]  # a non-finite case is refused when it is processed
-        if fg.size > CT_SAMPLES_PER_CASE:
-            fg = rng.choice(fg, CT_SAMPLES_PER_CASE, replace=False)
-        vals.append(fg)
-    v = np.concatenate(vals).astype(np.float64)
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    v = np.clip(v, lo, hi)
-    return {
-        "scheme": "ct",
-        "lower": float(lo),
-        "upper": float(hi),
-        "mean": float(v.mean()),
-        "std": float(v.std()),
-    }
 
 
 @dataclass
@@ -225,18 +191,46 @@ class CacheIndex:
     """Hash of every source file's size and mtime (CT statistics are recomputed when it changes)."""
     format_version: int = CACHE_VERSION
     """Cache format (a cache of an older format is rebuilt)."""
+    slice_axis_setting: str = "axial"
+    """`auto` when auto decided `props.slice_axis` (kept while that axis is asked for), else it."""
+    median_spacing: list[float] | None = None
+    """Median RAS voxel spacing (X, Y, Z) in mm of the cases, when `auto` needed it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
             "dataset_root": self.dataset_root,
             **self.props.to_dict(),
+            "slice_axis_setting": self.slice_axis_setting,
+            "median_spacing": self.median_spacing,
             "cases": list(self.cases),
             "sources_fingerprint": self.sources_fingerprint,
         }
 
 
-def _cache_index(info: DatasetInfo, cache: Path, spacing) -> CacheIndex:
+def _resolve_axis(info: DatasetInfo, old: CacheIndex | None, spacing, setting: str):
+    """(resolved slice axis, setting to record, median RAS spacing or None).
+
+    `auto` is decided once: a cache whose axis `auto` decided, at the same target spacing,
+    keeps it (cases added later never flip it), also after that axis was asked for by name
+    (as a resumed run's resolved config does)."""
+    decided = (
+        old is not None
+        and old.slice_axis_setting == "auto"
+        and old.props.spacing == (tuple(spacing) if spacing is not None else None)
+    )
+    if setting != "auto":
+        if decided and old.props.slice_axis == setting:
+            return setting, "auto", old.median_spacing
+        return setting, setting, None
+    if decided:
+        return old.props.slice_axis, "auto", old.median_spacing
+    median = median_ras_spacing(c.images[0] for c in info.cases)
+    axis = resolve_slice_axis("auto", spacing if spacing is not None else median)
+    return axis, "auto", (list(median) if median is not None else None)
+
+
+def _cache_index(info: DatasetInfo, cache: Path, spacing, slice_axis: str = "axial") -> CacheIndex:
     sources = {c.case_id: _case_sources(c) for c in info.cases}
     old = read_cache_index(cache) if (cache / PROPS_FILE).is_file() else None
     fp = hashlib.sha1(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
@@ -250,11 +244,13 @@ def _cache_index(info: DatasetInfo, cache: Path, spacing) -> CacheIndex:
         ):
             norm = old.props.normalisation
         else:
-            norm = [_ct_stats(info)]
+            norm = [ct_statistics(info)]
     else:
         norm = [{"scheme": "zscore_nonzero"} for _ in info.props.channel_names]
-    props = dataclasses.replace(info.props, normalisation=norm, spacing=spacing)
-    return CacheIndex(props, [c.case_id for c in info.cases], str(info.root.resolve()), fp)
+    axis, setting, median = _resolve_axis(info, old, spacing, slice_axis)
+    props = dataclasses.replace(info.props, normalisation=norm, spacing=spacing, slice_axis=axis)
+    ids = [c.case_id for c in info.cases]
+    return CacheIndex(props, ids, str(info.root.resolve()), fp, CACHE_VERSION, setting, median)
 
 
 def read_cache_index(cache: str | Path) -> CacheIndex:
@@ -274,6 +270,8 @@ def read_cache_index(cache: str | Path) -> CacheIndex:
         dataset_root=str(data.get("dataset_root") or ""),
         sources_fingerprint=str(data.get("sources_fingerprint") or ""),
         format_version=int(data.get("format_version", data.get("version", 1))),
+        slice_axis_setting=str(data.get("slice_axis_setting") or data.get("slice_axis") or "axial"),
+        median_spacing=data.get("median_spacing"),
     )
 
 
@@ -348,13 +346,21 @@ def _worker_init() -> None:
 
 
 def preprocess_dataset(
-    root: str | Path, cache: str | Path, workers: int = 1, spacing=None, return_stats: bool = False
+    root: str | Path,
+    cache: str | Path,
+    workers: int = 1,
+    spacing=None,
+    return_stats: bool = False,
+    slice_axis: str = "axial",
 ):
     """Build or update the cache of dataset `root` in `cache`; up-to-date cases are skipped.
 
-    `spacing` is the target (X, Y, Z) spacing in mm or None for the native grid. Returns the
-    cache path (with `return_stats`, also {"done": n, "skipped": n}).
+    `spacing` is the target (X, Y, Z) spacing in mm or None for the native grid; `slice_axis`
+    one of `medtune.data.axes.SLICE_AXIS_SETTINGS` (a cache built along another axis is
+    rebuilt in place; `auto` is resolved once and recorded in `dataset_props.json`). Returns
+    the cache path (with `return_stats`, also {"done": n, "skipped": n}).
     """
+    resolve_slice_axis(slice_axis, None)  # an unknown axis raises before anything is written
     info = load_dataset(root)
     cache = Path(cache)
     try:
@@ -363,9 +369,10 @@ def preprocess_dataset(
         raise MedtuneInputError(
             f"{cache}: expected a writable cache folder, found {exc.strerror}"
         ) from None
-    outdated = False
+    outdated, old_axis = False, None
     if (cache / PROPS_FILE).is_file():
-        old = read_cache_index(cache).format_version
+        old_index = read_cache_index(cache)
+        old, old_axis = old_index.format_version, old_index.props.slice_axis
         outdated = old != CACHE_VERSION
         if outdated:
             print(
@@ -373,10 +380,16 @@ def preprocess_dataset(
                 f"{CACHE_VERSION}); rebuilding every case",
                 file=sys.stderr,
             )
-    index = _cache_index(info, cache, spacing)
+    index = _cache_index(info, cache, spacing, slice_axis)
     props = index.props
     key = _settings_key(props)
     todo = [c for c in info.cases if outdated or not _is_current(cache, c, key)]
+    if old_axis not in (None, props.slice_axis) and not outdated and todo:
+        print(
+            f"{cache}: slice axis {props.slice_axis} (the cache was built {old_axis}); "
+            f"rebuilding {len(todo)} case(s) in place (set data.cache to keep both)",
+            file=sys.stderr,
+        )
     save_json(index.to_dict(), cache / PROPS_FILE)
     bar = tqdm(
         total=len(todo),
@@ -410,11 +423,19 @@ def preprocess_dataset(
 
 
 def ensure_cache(
-    root: str | Path, cache: str | Path | None = None, spacing=None, workers: int = 1
+    root: str | Path,
+    cache: str | Path | None = None,
+    spacing=None,
+    workers: int = 1,
+    slice_axis: str = "axial",
 ) -> Path:
     """The cache of `root` (default `default_cache_dir(root)`), built or updated as needed."""
     return preprocess_dataset(
-        root, cache or default_cache_dir(root), workers=workers, spacing=spacing
+        root,
+        cache or default_cache_dir(root),
+        workers=workers,
+        spacing=spacing,
+        slice_axis=slice_axis,
     )
 
 
@@ -521,9 +542,10 @@ def preprocess_image(
 def restore_to_original(x: np.ndarray, meta: dict) -> np.ndarray:
     """Map a label map (D, H, W) or probabilities (K, D, H, W) back to the original file's grid.
 
-    Undoes the crop (background outside: label 0, probability 1 for channel 0), the resampling
-    (nearest for labels, linear for probabilities) and the orientation. Returns (X, Y, Z) or
-    (K, X, Y, Z) matching `meta["original_shape"]`; write it with `meta["original_affine"]`.
+    Undoes the slice axis's transpose (`meta["axes"]`, axial when absent), the crop (background
+    outside: label 0, probability 1 for channel 0), the resampling (nearest for labels, linear
+    for probabilities) and the orientation. Returns (X, Y, Z) or (K, X, Y, Z) matching
+    `meta["original_shape"]`; write it with `meta["original_affine"]`.
     """
     x = np.asarray(x)
     probs = x.ndim == 4
@@ -531,7 +553,7 @@ def restore_to_original(x: np.ndarray, meta: dict) -> np.ndarray:
         raise MedtuneInputError(
             f"restore_to_original: expected (D, H, W) or (K, D, H, W), found shape {x.shape}"
         )
-    xyz = x.transpose(0, 2, 3, 1) if probs else x.transpose(1, 2, 0)
+    xyz = to_ras_order(x, meta.get("axes") or AXIAL_AXES)
     full_shape = tuple(meta["resampled_shape"])
     sl = tuple(slice(s, e) for s, e in zip(meta["bbox_start"], meta["bbox_end"]))
     if probs:

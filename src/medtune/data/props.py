@@ -1,5 +1,6 @@
 """`DatasetProps`: the typed dataset facts a model carries from the cache to its adapter folder to
-prediction (channels, labels, regions, label conventions, normalisation, target spacing).
+prediction (channels, labels, regions, label conventions, normalisation, target spacing, slice
+axis).
 
     scan (dataset.json)  ->  DatasetInfo.props          (normalisation not yet known)
     preprocess           ->  cache dataset_props.json   (+ per-channel normalisation)
@@ -8,7 +9,8 @@ prediction (channels, labels, regions, label conventions, normalisation, target 
 
 Serialised as a JSON object with the keys below; the label conventions travel under `"medtune"`,
 the name dataset.json uses for them (`source_labels`, `et_label`, `netc_label`, `edition`,
-`regions`). Unknown keys of older files are ignored; missing required keys raise naming the file.
+`regions`). Unknown keys of older files are ignored; missing required keys raise naming the file;
+files written before the slice axis existed read as axial.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medtune.core.errors import MedtuneInputError
+from medtune.data.axes import SLICE_AXES, SliceAxis
 
 Modality = Literal["mri", "ct"]
 REQUIRED = ("channel_names", "labels")
@@ -48,6 +51,8 @@ class DatasetProps:
     until preprocessing computed it."""
     spacing: tuple[float, float, float] | None = None
     """Target voxel spacing (X, Y, Z) in mm of the cache, None: native."""
+    slice_axis: SliceAxis = "axial"
+    """The RAS axis the model's D runs along (`medtune.data.axes`), as preprocessing resolved it."""
 
     def __post_init__(self) -> None:
         self.labels = {str(k): int(v) for k, v in self.labels.items()}
@@ -140,6 +145,12 @@ class DatasetProps:
             raise MedtuneInputError(
                 f"{where}: dataset modality: expected mri or ct, found {modality!r}"
             )
+        slice_axis = data.get("slice_axis") or "axial"
+        if slice_axis not in SLICE_AXES:
+            raise MedtuneInputError(
+                f"{where}: slice_axis: expected one of {', '.join(SLICE_AXES)}, "
+                f"found {slice_axis!r}"
+            )
         return cls(
             name=str(data.get("name") or ""),
             channel_names=[str(c) for c in data["channel_names"]],
@@ -150,4 +161,5 @@ class DatasetProps:
             conventions=conventions,
             normalisation=list(data.get("normalisation") or []),
             spacing=data.get("spacing"),
+            slice_axis=slice_axis,
         )

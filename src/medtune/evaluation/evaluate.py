@@ -207,6 +207,7 @@ def evaluate_predictor(
             "data": str(root.resolve()),
             "geometry": "original (each label file's voxel grid and spacing)",
             "window": list(predictor.window),
+            "slice_axis": predictor.props.slice_axis,
             "overlap": round(predictor.overlap, 6),
             "tta": tta,
             "postprocess": postprocess or "none",

@@ -8,8 +8,8 @@
 
 Everything inference needs travels in the adapter's `extra` (written by training): the dataset
 properties (`extra["dataset"]`: channel names, labels, regions, the `"medtune"` label
-conventions, normalisation, target spacing), the training window `extra["crop_size"]` and the
-sliding-window overlap `extra["sw_overlap"]`. When the adapter lacks them, the run's
+conventions, normalisation, target spacing, slice axis), the training window
+`extra["crop_size"]` and the sliding-window overlap `extra["sw_overlap"]`. When the adapter lacks them, the run's
 `config.yaml` (and its preprocessing cache) fills them in.
 
 A backbone trained from random initialisation (`pretrained: false`) is not stored in the

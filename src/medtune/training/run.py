@@ -103,7 +103,9 @@ def prepare_data(cfg: ExperimentConfig) -> TrainingData:
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise MedtuneInputError(f"--data {root}: expected a dataset folder, found no such folder")
-    cache = ensure_cache(root, cfg.data.cache, spacing=cfg.data.spacing)
+    cache = ensure_cache(
+        root, cfg.data.cache, spacing=cfg.data.spacing, slice_axis=cfg.data.slice_axis
+    )
     index = read_cache_index(cache)
     _check_model_fits(cfg, index.props, root)
     d = cfg.data
@@ -198,6 +200,7 @@ def train_run(
     data = prepare_data(cfg)
     cfg.data.root = str(Path(cfg.data.root).resolve())
     cfg.data.cache = str(data.cache.resolve())
+    cfg.data.slice_axis = data.props.slice_axis  # `auto` as the cache resolved it
     if _rank() == 0:
         dump_yaml(to_dict(cfg), run.config)
         if not resume or not run.run_file.is_file():
