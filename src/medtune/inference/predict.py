@@ -5,7 +5,12 @@ Inputs (`--input`, a file or a folder):
 - nnU-Net-style channel files `CASE_0000.nii.gz`, `CASE_0001.nii.gz`, ... (grouped by CASE; one
   file per channel the model was trained on). Naming one of them picks up its siblings.
 - a single 4D NIfTI per case (channels last), or a 3D file for a one-channel model;
-- a folder holding any mix of the above, or a folder of case folders (one level).
+- a folder holding any mix of the above, or a folder of case folders (one level);
+- DICOM: a folder of case folders, each holding one series (one-channel models) or one
+  sub-folder per channel named by its index (`0000`, `0001`, ...) or its channel name
+  (case-insensitive); or one such case folder itself. Series are read with their geometry
+  (`medtune.data.dicom`), and the outputs get that geometry: the series' RAS affine as sform and
+  qform of a new NIfTI header.
 
 Outputs in `--out`: `CASE.nii.gz`, a label map with exactly the input's shape, affine (sform and
 qform) and header, in the source dataset's label convention (`source_labels`, e.g. BraTS 2019
@@ -34,8 +39,10 @@ from medtune.core.errors import MedtuneInputError
 from medtune.data.io import (
     CHANNEL_RE,
     NIFTI_ENDINGS,
+    Geometry,
     check_affine,
     describe_folder,
+    is_dicom_file,
     list_nifti,
     nifti_ending,
     strip_nifti,
@@ -92,6 +99,77 @@ def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
     return cases
 
 
+def _channel_of(name: str, channel_names: list[str]) -> int | None:
+    """Channel index named by a DICOM sub-folder: `0000`-style index or channel name (any case)."""
+    if len(name) == 4 and name.isdigit():
+        return int(name) if int(name) < len(channel_names) else None
+    lower = [c.lower() for c in channel_names]
+    return lower.index(name.lower()) if name.lower() in lower else None
+
+
+def _dicom_case(folder: Path, channel_names: list[str], top: bool = False) -> InputCase | None:
+    """The DICOM case of `folder`: its own series (one-channel models), or one sub-folder per
+    channel named `0000`... or by channel name; None when `folder` holds no DICOM case. With
+    `top` (the `--input` folder itself), channel sub-folders count only when they are exactly
+    one per channel, so that a folder of case folders is not mistaken for one case."""
+    from medtune.data.dicom import has_dicom
+
+    n, names = len(channel_names), ", ".join(channel_names)
+    want = f"one sub-folder per channel (0000..{n - 1:04d} or {names})"
+    if has_dicom(folder):
+        if n > 1:
+            raise MedtuneInputError(
+                f"{folder}: expected {want} for a {n}-channel model, found a single DICOM series"
+            )
+        return InputCase(folder.name, [folder])
+    subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    series = [d for d in subs if has_dicom(d)]
+    if not series:
+        return None
+    chans: dict[int, Path] = {}
+    for d in series:
+        ch = _channel_of(d.name, channel_names)
+        if ch is None:
+            if top:
+                return None
+            raise MedtuneInputError(f"{d}: expected {want}, found a series folder named {d.name}")
+        if ch in chans:
+            raise MedtuneInputError(
+                f"{d}: expected one series for channel {ch:04d} ({channel_names[ch]}), found "
+                f"also {chans[ch].name}"
+            )
+        chans[ch] = d
+    missing = [c for c in range(n) if c not in chans]
+    if missing and top:
+        return None
+    if missing:
+        c = missing[0]
+        raise MedtuneInputError(
+            f"{folder / f'{c:04d}'}: expected the series of channel {c} ({channel_names[c]}) of "
+            f"case {folder.name} (a sub-folder {c:04d} or {channel_names[c]}), found none"
+        )
+    return InputCase(folder.name, [chans[c] for c in range(n)])
+
+
+def _folder_cases(p: Path, channel_names: list[str]) -> list[InputCase]:
+    """Cases of an `--input` folder: NIfTI files in it, or the folder as one DICOM case, or its
+    case folders (NIfTI files or DICOM series)."""
+    files = list_nifti(p)
+    if files:
+        return _group(files, channel_names)
+    own = _dicom_case(p, channel_names, top=True)
+    if own is not None:
+        return [own]
+    found: list[InputCase] = []
+    for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        sub_files = list_nifti(sub)
+        if sub_files:
+            found.extend(_group(sub_files, channel_names))
+        elif (case := _dicom_case(sub, channel_names)) is not None:
+            found.append(case)
+    return found
+
+
 def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
     """Cases of `inputs` (a path or a list of paths: files or folders), sorted by case id."""
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
@@ -108,6 +186,8 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
                 hint = ""
                 if p.name.lower().endswith(NIFTI_ENDINGS):
                     hint = " (endings are case-sensitive: rename it to end .nii.gz or .nii)"
+                elif is_dicom_file(p):
+                    hint = " (a DICOM slice: pass the folder of its case instead)"
                 raise MedtuneInputError(
                     f"--input {p}: expected a .nii.gz or .nii file, found {p.name}{hint}"
                 )
@@ -122,17 +202,11 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
             else:
                 cases.append(InputCase(strip_nifti(p), [p]))
             continue
-        files = list_nifti(p)
-        found = _group(files, channel_names) if files else []
-        if not files:
-            for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
-                sub_files = list_nifti(sub)
-                if sub_files:
-                    found.extend(_group(sub_files, channel_names))
+        found = _folder_cases(p, channel_names)
         if not found:
             raise MedtuneInputError(
-                f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files) or case "
-                f"folders holding them, found {describe_folder(p, 'predict')}"
+                f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files), case "
+                f"folders holding them or DICOM case folders, found {describe_folder(p, 'predict')}"
             )
         cases.extend(found)
     seen: dict[str, InputCase] = {}
@@ -150,6 +224,11 @@ def _check_headers(case: InputCase, channel_names: list[str]) -> None:
     """Shapes from the headers only: channel files 3D and alike, a single file 4D with one
     volume per channel (3D for a one-channel model)."""
     n = len(channel_names)
+    if case.files[0].is_dir():  # DICOM series, one per channel (see _dicom_case)
+        from medtune.data.dicom import check_same_grid, series_geometry
+
+        check_same_grid([series_geometry(d) for d in case.files], "channel")
+        return
     shapes = []
     for f in case.files:
         try:
@@ -193,7 +272,7 @@ def _check_out(
 ) -> None:
     out = out_dir.resolve()
     files = {f.resolve() for c in cases for f in c.files}
-    folders = {f.parent for f in files}
+    folders = {f.parent for f in files} | {f for f in files if f.is_dir()}  # DICOM series
     for p in [inputs] if isinstance(inputs, str | os.PathLike) else inputs:
         if Path(p).is_dir():
             folders.add(Path(p).resolve())
@@ -249,12 +328,15 @@ def write_case_prediction(
     probs, idx, meta = pred.probs, pred.labels, pred.meta
     del pred
     paths = output_paths(out_dir, case.case_id, save_probabilities)
+    reference = case.files[0]
+    if reference.is_dir():  # a DICOM series: its geometry as read, no header to copy
+        reference = Geometry(tuple(meta["original_shape"]), np.asarray(meta["original_affine"]))
     if save_probabilities:
         restored = restore_to_original(probs.numpy(), meta)  # (K, X, Y, Z)
         del probs
         write_like(
             np.moveaxis(restored, 0, -1).astype(np.float32, copy=False),
-            case.files[0],
+            reference,
             paths[1],
             "medtune class probabilities (X, Y, Z, K)",
         )
@@ -262,7 +344,7 @@ def write_case_prediction(
     else:
         del probs
     labels = restore_labels(idx, predictor.props.source_lut(), meta, wide_dtype=np.int16)
-    write_like(labels, case.files[0], paths[0], "medtune predict labels")
+    write_like(labels, reference, paths[0], "medtune predict labels")
     return paths
 
 

@@ -1,0 +1,160 @@
+"""DICOM series in: geometry read through MONAI's PydicomReader against the positions the test
+wrote (oblique, anisotropic, shuffled files), refusals, predict on DICOM case folders, and
+`convert --format dicom`."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from dicom_helpers import LPS, oblique_ras_affine, write_series
+from infer_helpers import PositiveIsClass, brats_props, save
+
+from medtune.core.errors import MedtuneInputError
+from medtune.data.dicom import series_geometry
+from medtune.data.io import load_images
+from medtune.inference import Predictor, predict_files
+from medtune.inference.predict import find_cases
+
+SHAPE = (12, 16, 8)  # (X, Y, Z) = columns, rows, slices
+
+
+def _volume(shape=SHAPE) -> np.ndarray:
+    return (2 * (np.arange(np.prod(shape)).reshape(shape) % 997) - 600).astype(np.int16)
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_series_geometry_matches_the_positions_written(tmp_path, reverse):
+    vol, aff = _volume(), oblique_ras_affine()
+    positions = write_series(
+        tmp_path / "s", vol, aff, reverse_numbers=reverse, slope=2.0, intercept=-1024.0
+    )
+    (tmp_path / "s" / "notes.txt").write_text("not a slice")  # ignored: no DICOM preamble
+    img = load_images(tmp_path / "s")
+    got = np.asarray(img.affine, dtype=np.float64)
+    assert tuple(img.shape) == (1, *SHAPE)
+    nz = SHAPE[2]
+    # each slice plane k of the volume lies where the file of that slice said it is (RAS = LPS
+    # with x and y flipped), and holds that slice's pixels, rescaled
+    for k in range(nz):
+        z = nz - 1 - k if reverse else k
+        world = got @ np.array([0.0, 0.0, k, 1.0])
+        np.testing.assert_allclose(world[:3], (LPS[:3, :3] @ positions[z]), atol=1e-9)
+        np.testing.assert_array_equal(img[0, :, :, k].numpy(), vol[:, :, z].astype(np.float32))
+    # orientation and anisotropic spacing of the series: the written affine, slice axis
+    # reversed when the instance numbers run against the positions
+    expected = aff.copy()
+    if reverse:
+        expected[:3, 3] = aff[:3, 3] + (nz - 1) * aff[:3, 2]
+        expected[:3, 2] = -aff[:3, 2]
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    geom = series_geometry(tmp_path / "s")
+    assert geom.shape == SHAPE
+    np.testing.assert_allclose(geom.affine, got, atol=1e-9)
+
+
+def test_series_refusals_name_the_file(tmp_path):
+    vol, aff = _volume(), oblique_ras_affine()
+    write_series(tmp_path / "gap", vol, aff, shuffle=False)
+    (tmp_path / "gap" / "IM0003.dcm").unlink()  # slice 4 of 8 missing
+    with pytest.raises(MedtuneInputError, match=r"expected equally spaced slices on one line"):
+        series_geometry(tmp_path / "gap")
+
+    write_series(tmp_path / "two", vol, aff, names="A{n:04d}.dcm")
+    write_series(tmp_path / "two", vol, aff, names="B{n:04d}.dcm")
+    with pytest.raises(
+        MedtuneInputError, match=r"two: expected one DICOM series per folder, found 2"
+    ):
+        series_geometry(tmp_path / "two")
+
+    write_series(tmp_path / "one", vol[:, :, :1], aff)
+    with pytest.raises(MedtuneInputError, match=r"at least 2 slices \(a volume\), found 1"):
+        series_geometry(tmp_path / "one")
+
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "x.dcm").write_bytes(b"\0" * 200)  # no preamble: not a DICOM file
+    with pytest.raises(
+        MedtuneInputError, match=r"none: expected the DICOM files of a series, found none"
+    ):
+        series_geometry(tmp_path / "none")
+
+
+def _box(shape=(20, 24, 14)) -> tuple[np.ndarray, np.ndarray]:
+    """(image (X, Y, Z) int16, inner mask): zero background, a box of 100, an inner box of 300
+    (after the z-score over non-zero voxels exactly the inner box is positive)."""
+    img = np.zeros(shape, np.int16)
+    img[3:17, 4:20, 2:12] = 100
+    img[6:10, 8:15, 4:9] = 300
+    return img, img == 300
+
+
+def _predictor(channels=("A",)) -> Predictor:
+    return Predictor(PositiveIsClass(cls=3), brats_props(channels), (8, 16, 16), overlap=0.5)
+
+
+def test_predict_dicom_case_writes_the_series_geometry(tmp_path):
+    img, inner = _box()
+    aff = oblique_ras_affine(col_mm=0.8, row_mm=1.2, slice_mm=3.0)
+    positions = write_series(tmp_path / "in" / "patient7", img, aff)
+    save(img.astype(np.float32), aff, tmp_path / "nifti" / "patient7_0000.nii.gz")
+    (out,) = predict_files(
+        _predictor(), tmp_path / "in", tmp_path / "out", save_probabilities=True, progress=False
+    )
+    assert out == tmp_path / "out" / "patient7.nii.gz"
+    pred = nib.load(str(out))
+    assert pred.shape == img.shape
+    # the affine is the series' LPS geometry in the NIfTI (RAS) convention: voxel (0, 0, k)
+    # lies at slice k's ImagePositionPatient with x and y negated
+    for k, pos in enumerate(positions):
+        np.testing.assert_allclose(pred.affine @ [0, 0, k, 1], [*(LPS[:3, :3] @ pos), 1], atol=1e-6)
+    np.testing.assert_allclose(pred.affine, aff, atol=1e-6)
+    assert pred.header.get_sform(coded=True)[1] == 1 and pred.header.get_qform(coded=True)[1] == 1
+    np.testing.assert_allclose(pred.header.get_qform(), aff, atol=1e-5)
+    lab = np.asarray(pred.dataobj)
+    np.testing.assert_array_equal(lab == 4, inner)  # ET (class 3) in the source convention: 4
+    probs = nib.load(str(tmp_path / "out" / "patient7_probs.nii.gz"))
+    assert probs.shape == (*img.shape, 4) and np.allclose(probs.affine, aff, atol=1e-6)
+    (ref,) = predict_files(_predictor(), tmp_path / "nifti", tmp_path / "out_nii", progress=False)
+    np.testing.assert_array_equal(lab, np.asarray(nib.load(str(ref)).dataobj))
+
+
+def test_multi_channel_dicom_case_folders(tmp_path, capsys):
+    img, inner = _box()
+    aff = oblique_ras_affine()
+    case = tmp_path / "in" / "c1"
+    write_series(case / "a", img, aff)  # channel A by name (any case)
+    write_series(case / "0001", (img > 0).astype(np.int16) * 50, aff)  # channel B by index
+    cases = find_cases(tmp_path / "in", ["A", "B"])
+    assert [(c.case_id, c.files) for c in cases] == [("c1", [case / "a", case / "0001"])]
+    assert find_cases(case, ["A", "B"])[0].files == [case / "a", case / "0001"]  # the case itself
+    (out,) = predict_files(_predictor(("A", "B")), tmp_path / "in", tmp_path / "o", progress=False)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj) == 4, inner)
+
+    shutil.rmtree(case / "0001")
+    with pytest.raises(
+        MedtuneInputError, match=r"c1/0001: expected the series of channel 1 \(B\) of case c1"
+    ):
+        find_cases(tmp_path / "in", ["A", "B"])
+    write_series(case / "0001", img[:, :, :10], aff)  # another grid
+    with pytest.raises(
+        MedtuneInputError,
+        match=r"0001: expected the channel grid of a \(20, 24, 14\), found \(20, 24, 10\)",
+    ):
+        predict_files(_predictor(("A", "B")), tmp_path / "in", tmp_path / "o2", progress=False)
+    write_series(tmp_path / "single" / "c2", img, aff)
+    with pytest.raises(
+        MedtuneInputError,
+        match=r"c2: expected one sub-folder per channel \(0000..0001 or A, B\) for a 2-channel model, found a single DICOM series",
+    ):
+        find_cases(tmp_path / "single", ["A", "B"])
+    write_series(tmp_path / "odd" / "c3" / "T1_MPRAGE", img, aff)
+    with pytest.raises(MedtuneInputError, match=r"T1_MPRAGE: expected one sub-folder per channel"):
+        find_cases(tmp_path / "odd", ["A", "B"])
