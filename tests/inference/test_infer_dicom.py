@@ -4,6 +4,7 @@ wrote (oblique, anisotropic, shuffled files), refusals, predict on DICOM case fo
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 from dicom_helpers import LPS, oblique_ras_affine, write_series
 from infer_helpers import PositiveIsClass, brats_props, save
 
+from medtune.cli import main
 from medtune.core.errors import MedtuneInputError
 from medtune.data.dicom import series_geometry
 from medtune.data.io import load_images
@@ -158,3 +160,68 @@ def test_multi_channel_dicom_case_folders(tmp_path, capsys):
     write_series(tmp_path / "odd" / "c3" / "T1_MPRAGE", img, aff)
     with pytest.raises(MedtuneInputError, match=r"T1_MPRAGE: expected one sub-folder per channel"):
         find_cases(tmp_path / "odd", ["A", "B"])
+
+
+def _dicom_source(root, label_affine=None):
+    """SRC/p1 (labelled) and SRC/p2 (unlabelled) CT series + SRC/labels/p1.nii.gz + template."""
+    img, inner = _box()
+    aff = oblique_ras_affine(col_mm=0.8, row_mm=1.2, slice_mm=3.0)
+    write_series(root / "p1", img, aff, slope=1.0, intercept=-1024.0)
+    write_series(root / "p2", img[::-1].copy(), aff)
+    save(
+        inner.astype(np.uint8),
+        aff if label_affine is None else label_affine,
+        root / "labels" / "p1.nii.gz",
+    )
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "DicomToy",
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "core": 1},
+            }
+        )
+    )
+    return img, inner, aff
+
+
+def test_convert_dicom_builds_an_nnunet_dataset(tmp_path, capsys):
+    img, inner, aff = _dicom_source(tmp_path / "src")
+    out = tmp_path / "ds"
+    assert (
+        main(["convert", "--format", "dicom", "--src", str(tmp_path / "src"), "--out", str(out)])
+        == 0
+    )
+    assert "converted 1 training and 1 test cases (dicom) to" in capsys.readouterr().out
+    im = nib.load(str(out / "imagesTr" / "p1_0000.nii.gz"))
+    assert im.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(im.dataobj), img)  # rescaled back to the values
+    np.testing.assert_allclose(im.affine, aff, atol=1e-6)
+    lab = nib.load(str(out / "labelsTr" / "p1.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(lab.dataobj), inner)
+    assert np.array_equal(lab.affine, im.affine)
+    ts = nib.load(str(out / "imagesTs" / "p2_0000.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(ts.dataobj), img[::-1])
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "CT"} and meta["numTraining"] == 1
+    assert meta["medtune"]["source_format"] == "dicom"
+    assert main(["check-data", str(out)]) == 0
+
+
+def test_convert_dicom_refuses_a_label_off_the_series_grid(tmp_path, capsys):
+    aff = oblique_ras_affine(col_mm=0.8, row_mm=1.2, slice_mm=3.0)
+    shifted = aff.copy()
+    shifted[:3, 3] += [0.0, 2.0, 0.0]
+    _dicom_source(tmp_path / "src", label_affine=shifted)
+    out = tmp_path / "ds"
+    assert (
+        main(["convert", "--format", "dicom", "--src", str(tmp_path / "src"), "--out", str(out)])
+        == 2
+    )
+    line = _error(capsys)
+    assert line.endswith(
+        f"{tmp_path / 'src' / 'labels' / 'p1.nii.gz'}: expected the grid of the series "
+        f"{tmp_path / 'src' / 'p1'} (shape (20, 24, 14), affine within 0.001), found shape "
+        "(20, 24, 14) and an affine differing by 2; write the label on the series' grid"
+    )
+    assert not any(out.rglob("*.nii.gz"))

@@ -233,6 +233,57 @@ def load_series(folder: str | Path):
     return MetaTensor(data, affine=torch.as_tensor(affine, dtype=torch.float64))
 
 
+def _channel_of(name: str, channel_names: list[str]) -> int | None:
+    """Channel index named by a DICOM sub-folder: `0000`-style index or channel name (any case)."""
+    if len(name) == 4 and name.isdigit():
+        return int(name) if int(name) < len(channel_names) else None
+    lower = [c.lower() for c in channel_names]
+    return lower.index(name.lower()) if name.lower() in lower else None
+
+
+def case_series(folder: Path, channel_names: list[str], top: bool = False) -> list[Path] | None:
+    """The series folders (one per channel, in channel order) of the DICOM case folder `folder`:
+    its own series (one-channel models), or one sub-folder per channel named by its index
+    (`0000`, ...) or its channel name (any case); None when `folder` holds no DICOM case. With
+    `top` (the `--input` folder itself), channel sub-folders count only when they are exactly
+    one per channel, so that a folder of case folders is not mistaken for one case."""
+    n, names = len(channel_names), ", ".join(channel_names)
+    want = f"one sub-folder per channel (0000..{n - 1:04d} or {names})"
+    if has_dicom(folder):
+        if n > 1:
+            raise MedtuneInputError(
+                f"{folder}: expected {want} for a {n}-channel model, found a single DICOM series"
+            )
+        return [folder]
+    subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    series = [d for d in subs if has_dicom(d)]
+    if not series:
+        return None
+    chans: dict[int, Path] = {}
+    for d in series:
+        ch = _channel_of(d.name, channel_names)
+        if ch is None:
+            if top:
+                return None
+            raise MedtuneInputError(f"{d}: expected {want}, found a series folder named {d.name}")
+        if ch in chans:
+            raise MedtuneInputError(
+                f"{d}: expected one series for channel {ch:04d} ({channel_names[ch]}), found "
+                f"also {chans[ch].name}"
+            )
+        chans[ch] = d
+    missing = [c for c in range(n) if c not in chans]
+    if missing and top:
+        return None
+    if missing:
+        c = missing[0]
+        raise MedtuneInputError(
+            f"{folder / f'{c:04d}'}: expected the series of channel {c} ({channel_names[c]}) of "
+            f"case {folder.name} (a sub-folder {c:04d} or {channel_names[c]}), found none"
+        )
+    return [chans[c] for c in range(n)]
+
+
 def check_same_grid(geoms: list[SeriesGeometry], what: str) -> None:
     """Raise when the series of one case (its channels) do not share one voxel grid."""
     ref = geoms[0]

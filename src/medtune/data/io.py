@@ -161,6 +161,8 @@ def non_finite_counts(arr: np.ndarray) -> tuple[int, int]:
 DICOM_HINTS = {
     "predict": "predict reads DICOM Part 10 files (a 'DICM' preamble) from one folder per case "
     "(the series, or one sub-folder per channel)",
+    "convert": "convert --format dicom reads DICOM Part 10 files (a 'DICM' preamble): the "
+    "series, or one sub-folder per channel",
     "": "not read here: convert the series to a NIfTI dataset first (medtune convert --format "
     "dicom)",
 }

@@ -99,74 +99,24 @@ def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
     return cases
 
 
-def _channel_of(name: str, channel_names: list[str]) -> int | None:
-    """Channel index named by a DICOM sub-folder: `0000`-style index or channel name (any case)."""
-    if len(name) == 4 and name.isdigit():
-        return int(name) if int(name) < len(channel_names) else None
-    lower = [c.lower() for c in channel_names]
-    return lower.index(name.lower()) if name.lower() in lower else None
-
-
-def _dicom_case(folder: Path, channel_names: list[str], top: bool = False) -> InputCase | None:
-    """The DICOM case of `folder`: its own series (one-channel models), or one sub-folder per
-    channel named `0000`... or by channel name; None when `folder` holds no DICOM case. With
-    `top` (the `--input` folder itself), channel sub-folders count only when they are exactly
-    one per channel, so that a folder of case folders is not mistaken for one case."""
-    from medtune.data.dicom import has_dicom
-
-    n, names = len(channel_names), ", ".join(channel_names)
-    want = f"one sub-folder per channel (0000..{n - 1:04d} or {names})"
-    if has_dicom(folder):
-        if n > 1:
-            raise MedtuneInputError(
-                f"{folder}: expected {want} for a {n}-channel model, found a single DICOM series"
-            )
-        return InputCase(folder.name, [folder])
-    subs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    series = [d for d in subs if has_dicom(d)]
-    if not series:
-        return None
-    chans: dict[int, Path] = {}
-    for d in series:
-        ch = _channel_of(d.name, channel_names)
-        if ch is None:
-            if top:
-                return None
-            raise MedtuneInputError(f"{d}: expected {want}, found a series folder named {d.name}")
-        if ch in chans:
-            raise MedtuneInputError(
-                f"{d}: expected one series for channel {ch:04d} ({channel_names[ch]}), found "
-                f"also {chans[ch].name}"
-            )
-        chans[ch] = d
-    missing = [c for c in range(n) if c not in chans]
-    if missing and top:
-        return None
-    if missing:
-        c = missing[0]
-        raise MedtuneInputError(
-            f"{folder / f'{c:04d}'}: expected the series of channel {c} ({channel_names[c]}) of "
-            f"case {folder.name} (a sub-folder {c:04d} or {channel_names[c]}), found none"
-        )
-    return InputCase(folder.name, [chans[c] for c in range(n)])
-
-
 def _folder_cases(p: Path, channel_names: list[str]) -> list[InputCase]:
     """Cases of an `--input` folder: NIfTI files in it, or the folder as one DICOM case, or its
     case folders (NIfTI files or DICOM series)."""
     files = list_nifti(p)
     if files:
         return _group(files, channel_names)
-    own = _dicom_case(p, channel_names, top=True)
+    from medtune.data.dicom import case_series
+
+    own = case_series(p, channel_names, top=True)
     if own is not None:
-        return [own]
+        return [InputCase(p.name, own)]
     found: list[InputCase] = []
     for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
         sub_files = list_nifti(sub)
         if sub_files:
             found.extend(_group(sub_files, channel_names))
-        elif (case := _dicom_case(sub, channel_names)) is not None:
-            found.append(case)
+        elif (series := case_series(sub, channel_names)) is not None:
+            found.append(InputCase(sub.name, series))
     return found
 
 
@@ -224,7 +174,7 @@ def _check_headers(case: InputCase, channel_names: list[str]) -> None:
     """Shapes from the headers only: channel files 3D and alike, a single file 4D with one
     volume per channel (3D for a one-channel model)."""
     n = len(channel_names)
-    if case.files[0].is_dir():  # DICOM series, one per channel (see _dicom_case)
+    if case.files[0].is_dir():  # DICOM series, one per channel (see case_series)
         from medtune.data.dicom import check_same_grid, series_geometry
 
         check_same_grid([series_geometry(d) for d in case.files], "channel")
