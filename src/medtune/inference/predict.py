@@ -48,6 +48,7 @@ from medtune.data.io import (
     strip_nifti,
     write_like,
 )
+from medtune.inference.ensemble import EnsemblePredictor, ensemble_props
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 OUT_ENDING = ".nii.gz"
@@ -260,7 +261,7 @@ def replaced_note(case_id: str, meta: dict) -> str | None:
 
 
 def write_case_prediction(
-    predictor: Predictor,
+    predictor: Predictor | EnsemblePredictor,
     case: InputCase,
     out_dir: Path,
     tta: str = "none",
@@ -299,7 +300,7 @@ def write_case_prediction(
 
 
 def predict_files(
-    adapter_or_run_dir: str | Path | Predictor,
+    adapter_or_run_dir: str | Path | Predictor | EnsemblePredictor | list,
     inputs,
     out_dir: str | Path,
     device: str | None = "auto",
@@ -314,7 +315,9 @@ def predict_files(
     """`medtune predict`: write a label map per input case into `out_dir`.
 
     Args:
-        adapter_or_run_dir: a run directory, an adapter folder, or a loaded `Predictor`.
+        adapter_or_run_dir: a run directory, an adapter folder, a loaded `Predictor`, or a
+            list of runs / adapter folders (a fold ensemble: the mean of their softmax, see
+            `medtune.inference.ensemble`) or a loaded `EnsemblePredictor`.
         inputs: a NIfTI file or folder (or a list of them); see the module docstring.
         out_dir: output folder (created); never an input folder.
         device: "auto", "cpu" or "cuda" (a clear error when CUDA is missing).
@@ -338,9 +341,16 @@ def predict_files(
             f"--nonfinite: expected one of {', '.join(NONFINITE)}, found {nonfinite!r}"
         )
     out = Path(out_dir)
-    if isinstance(adapter_or_run_dir, Predictor):
-        predictor = adapter_or_run_dir
+    models = adapter_or_run_dir
+    if isinstance(models, list | tuple) and len(models) == 1:
+        models = models[0]
+    if isinstance(models, Predictor | EnsemblePredictor):
+        predictor = models
         channel_names = list(predictor.props.channel_names)
+        cases = find_cases(inputs, channel_names)
+    elif isinstance(models, list | tuple):  # an ensemble: runs checked before any model loads
+        predictor = None
+        channel_names = list(ensemble_props(list(models)).channel_names)
         cases = find_cases(inputs, channel_names)
     else:
         # Inputs and outputs are checked before the model is loaded; the channel names come
@@ -348,19 +358,19 @@ def predict_files(
         from medtune.artifacts.adapters import read_adapter_config
         from medtune.artifacts.run_dir import resolve_model_dir
 
-        adapter_dir, _ = resolve_model_dir(adapter_or_run_dir)
+        adapter_dir, _ = resolve_model_dir(models)
         ds = (read_adapter_config(adapter_dir).get("extra") or {}).get("dataset") or {}
         channel_names = list(ds.get("channel_names") or [])
         predictor = None
         if not channel_names:
-            predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+            predictor = load_predictor(models, device, sw_batch_size)
             channel_names = list(predictor.props.channel_names)
         cases = find_cases(inputs, channel_names)
     for case in cases:
         _check_headers(case, channel_names)
     _check_out(out, inputs, cases, save_probabilities, overwrite)
     if predictor is None:
-        predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+        predictor = load_predictor(models, device, sw_batch_size)
     out.mkdir(parents=True, exist_ok=True)
 
     written = []
