@@ -14,7 +14,7 @@ running sum and dropped, so memory holds the image, the sum and the current run'
 N probability volumes. All the runs' models stay loaded (on the device) for the whole command:
 building a model means rebuilding its backbone and reading its weights (pre-trained backbones
 from their file), which would otherwise repeat for every case and run, while one model is small
-beside one volume's probabilities (EfficientNet-Lite0 + Med-Adapter: ~4M parameters, 16 MB;
+beside one volume's probabilities (the demo's EfficientNet-Lite0 + Med-Adapter: 3.5M parameters, 14 MB;
 ViT-B/16 + UPerNet: ~100M, 0.4 GB; the probabilities of a 512 x 512 x 300 CT with 3 classes:
 0.94 GB).
 """
