@@ -225,3 +225,18 @@ def test_convert_dicom_refuses_a_label_off_the_series_grid(tmp_path, capsys):
         "(20, 24, 14) and an affine differing by 2; write the label on the series' grid"
     )
     assert not any(out.rglob("*.nii.gz"))
+
+
+def test_gantry_tilted_series_keeps_its_sheared_geometry(tmp_path):
+    """Slice positions not along the slice normal (a tilted CT gantry): the affine is sheared as
+    the positions say; the output's sform holds it (a qform cannot), qform code 0."""
+    img, inner = _box()
+    aff = oblique_ras_affine(col_mm=0.8, row_mm=1.2, slice_mm=3.0)
+    aff[:3, 2] += 0.4 * aff[:3, 1]  # each slice shifted along the column direction
+    write_series(tmp_path / "in" / "tilted", img, aff)
+    (out,) = predict_files(_predictor(), tmp_path / "in", tmp_path / "out", progress=False)
+    pred = nib.load(str(out))
+    sform, code = pred.header.get_sform(coded=True)
+    assert code == 1 and pred.header.get_qform(coded=True)[1] == 0
+    np.testing.assert_allclose(sform, aff, atol=1e-5)
+    assert pred.shape == img.shape

@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from medtune.artifacts.run_dir import RunDir, resolve_model_dir
 from medtune.core.errors import BackboneMismatchError, MedtuneInputError
 from medtune.data.props import DatasetProps
 from medtune.inference.sliding_window import DEFAULT_OVERLAP
+
+if TYPE_CHECKING:
+    from medtune.inference.ensemble import EnsemblePredictor
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -239,7 +242,9 @@ def model_props(path: str | Path) -> DatasetProps:
     return _props(adapter_dir, extra, _run_config(run))
 
 
-def load_predictor(path, device: str | None = "cpu", sw_batch_size: int | None = None):
+def load_predictor(
+    path: str | Path | list | tuple, device: str | None = "cpu", sw_batch_size: int | None = None
+) -> Predictor | EnsemblePredictor:
     """Load the model of a run directory or an adapter folder onto `device` (see module doc);
     a list of several -> an `EnsemblePredictor` of them (`medtune.inference.ensemble`).
 
