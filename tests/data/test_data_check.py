@@ -163,3 +163,41 @@ def test_subcommand_help(capsys):
             main([cmd, "-h"])
         assert exc.value.code == 0
         assert "usage: medtune " + cmd in capsys.readouterr().out
+
+
+def test_labels_ts_are_read_and_checked(brats_copy, capsys):
+    from medtune.data.dataset import load_dataset
+
+    for sub, dst in (("imagesTr", "imagesTs"), ("labelsTr", "labelsTs")):
+        (brats_copy / dst).mkdir()
+        for f in (brats_copy / sub).glob("brats_003*"):
+            f.rename(brats_copy / dst / f.name)
+    (brats_copy / "imagesTs" / "brats_002_0000.nii.gz").write_bytes(
+        (brats_copy / "imagesTr" / "brats_002_0000.nii.gz").read_bytes()
+    )  # a test case without a label: allowed (labelsTs may cover some cases)
+    for c in range(1, 4):
+        shutil.copy(brats_copy / "imagesTr" / f"brats_002_{c:04d}.nii.gz", brats_copy / "imagesTs")
+    meta = json.loads((brats_copy / "dataset.json").read_text())
+    meta["numTraining"] = 3
+    (brats_copy / "dataset.json").write_text(json.dumps(meta))
+    info = load_dataset(brats_copy)
+    labels = {c.case_id: c.label for c in info.test_cases}
+    assert labels == {"brats_002": None, "brats_003": brats_copy / "labelsTs" / "brats_003.nii.gz"}
+    assert main(["check-data", str(brats_copy)]) == 0
+    capsys.readouterr()
+    from medtune.core.errors import MedtuneInputError
+    from medtune.evaluation.evaluate import select_cases
+
+    with pytest.raises(MedtuneInputError) as exc:  # evaluate --split test needs every label
+        select_cases(info, "test", 0)
+    assert str(exc.value) == (
+        f"{brats_copy / 'labelsTs' / 'brats_002.nii.gz'}: expected the label of test case "
+        "brats_002 (--split test scores imagesTs against labelsTs), found none (1 of 2 test "
+        "cases unlabelled)"
+    )
+    lab = nib.load(str(brats_copy / "labelsTs" / "brats_003.nii.gz"))
+    bad = np.asarray(lab.dataobj).astype(np.float32)
+    bad[0, 0, 0] = 9  # undeclared label in a test label: check-data reads labelsTs too
+    nib.save(nib.Nifti1Image(bad, lab.affine), str(brats_copy / "labelsTs" / "brats_003.nii.gz"))
+    assert main(["check-data", str(brats_copy)]) == 2
+    assert "brats_003" in capsys.readouterr().out

@@ -192,6 +192,6 @@ def test_dicom_folders_are_named(brats_copy, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(
         "(dataset) imagesTr/: expected at least one training case, found a DICOM series "
-        "(3 DICOM file(s)); DICOM input is not supported by check-data/preprocess"
+        "(3 DICOM file(s)); not read here: convert the series to a NIfTI dataset first "
+        "(medtune convert --format dicom)"
     )
-    assert "convert it to NIfTI" in line

@@ -192,7 +192,10 @@ def test_predict_names_upper_case_endings_and_dicom(tiny_run, case_inputs, tmp_p
         (dicom / f"slice{i}.dcm").write_bytes(b"\0" * 132)
     assert main([*base, "--input", str(tmp_path / "dicom")]) == 2
     line = _error_line(capsys)
-    assert "found a DICOM series (5 DICOM file(s)); DICOM input is not supported by predict" in line
+    assert (
+        "found a DICOM series (5 DICOM file(s)); predict reads DICOM Part 10 files (a 'DICM' "
+        "preamble) from one folder per case" in line
+    )
 
 
 # --- smaller: file modes ----------------------------------------------------------------------

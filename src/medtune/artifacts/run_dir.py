@@ -7,7 +7,7 @@
     RUN_DIR/trainer_state/last.ckpt  Lightning checkpoint for resuming (local, torch format)
     RUN_DIR/logs/                    metrics.csv (and TensorBoard events when installed)
     RUN_DIR/train_summary.json       wall time, peak memory, parameter counts, best metric...
-    RUN_DIR/eval_<split>_fold<K>/    reports of `medtune evaluate`
+    RUN_DIR/eval_<split>_fold<K>/    reports of `medtune evaluate` (eval_test/: the test cases)
 
 Runs written before `run.json` existed are format 1 and load as such.
 """
@@ -74,9 +74,10 @@ class RunDir:
     def logs(self) -> Path:
         return self.path / LOGS_DIR
 
-    def eval_dir(self, split: str, fold: int) -> Path:
-        """Default report folder of `medtune evaluate`."""
-        return self.path / f"eval_{split}_fold{fold}"
+    def eval_dir(self, split: str, fold: int | None) -> Path:
+        """Default report folder of `medtune evaluate` (`eval_<split>` without a fold, e.g.
+        the test cases)."""
+        return self.path / (f"eval_{split}" if fold is None else f"eval_{split}_fold{fold}")
 
     def is_run(self) -> bool:
         """True when the folder holds a run's config."""

@@ -124,19 +124,25 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "convert",
-        help="convert BraTS / KiTS / MSD downloads to the nnU-Net raw layout",
-        description="Convert a dataset as downloaded into the nnU-Net v2 raw layout (the source is never modified).",
+        help="convert BraTS / KiTS / MSD downloads or DICOM series to the nnU-Net raw layout",
+        description="Convert a dataset as downloaded into the nnU-Net v2 raw layout (the source "
+        "is never modified). dicom: SRC/CASE/ holds one series (or one sub-folder per channel, "
+        "named 0000, 0001, ... or by channel name), SRC/labels/CASE.nii.gz its label map on the "
+        "series' grid (cases without one go to imagesTs), SRC/dataset.json a template with "
+        "channel_names and labels.",
     )
     p.add_argument(
         "--format",
         required=True,
-        choices=["brats", "kits", "msd"],
+        choices=["brats", "kits", "msd", "dicom"],
         help="source format (the edition is detected)",
     )
     p.add_argument("--src", required=True, help="source folder as downloaded")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument(
-        "--link", action="store_true", help="symlink unchanged image files instead of copying"
+        "--link",
+        action="store_true",
+        help="symlink unchanged image files instead of copying (dicom: images are always written)",
     )
     p.set_defaults(func=_convert)
 

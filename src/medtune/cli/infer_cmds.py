@@ -36,15 +36,23 @@ def _add_nonfinite(parser: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a trained run on labelled cases (Dice, HD95, NSD per region)",
+        help="evaluate a trained run (or a fold ensemble) on labelled cases (Dice, HD95, NSD)",
         description=(
             "Sliding-window inference (training crop as window, the run's overlap, CPU "
             "stitching) over the labelled cases of a split, metrics per region of dataset.json "
             "in each label file's own grid; writes per_case.csv, summary.json and summary.md to "
-            "--out and prints the Markdown table."
+            "--out and prints the Markdown table. Several runs of one dataset (e.g. its folds) "
+            "are evaluated as their ensemble (mean softmax), by default on the test cases "
+            "(imagesTs + labelsTs); a split holding any case a run trained on is refused."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory of medtune train")
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory of medtune train; several: their ensemble",
+    )
     p.add_argument(
         "--data", type=Path, metavar="DIR", required=True, help="labelled dataset folder"
     )
@@ -53,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--split",
-        choices=("val", "train", "all"),
-        default="val",
-        help="cases of the fold to evaluate, or all labelled cases (default: val)",
+        choices=("val", "train", "all", "test"),
+        help="cases of the fold to evaluate, all labelled cases, or the test cases "
+        "(imagesTs + labelsTs) (default: val; test for several runs)",
     )
     p.add_argument(
         "--tta",
@@ -72,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         metavar="DIR",
-        help="report folder (default RUN_DIR/eval_<split>_fold<K>)",
+        help="report folder (default RUN_DIR/eval_<split>_fold<K>, RUN_DIR/eval_test; "
+        "several runs: eval_ensemble_<split>... beside the first)",
     )
     p.add_argument(
         "--nsd-tolerance",
@@ -95,19 +104,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="write label maps for new images in their own geometry",
         description=(
-            "Predict CASE_0000.nii.gz... channel files, 4D NIfTI files or folders of cases; "
-            "writes OUT/CASE.nii.gz with exactly the input's shape, affine and spacing, in the "
-            "source dataset's label convention. Never writes into an input folder."
+            "Predict CASE_0000.nii.gz... channel files, 4D NIfTI files, folders of cases, or "
+            "DICOM case folders (one series, or one sub-folder per channel named 0000... or by "
+            "channel name); writes OUT/CASE.nii.gz with exactly the input's shape, affine and "
+            "spacing (a DICOM series' geometry as NIfTI), in the source dataset's label "
+            "convention. Several runs of one dataset (e.g. its folds) predict as an ensemble: "
+            "the mean of their softmax. Never writes into an input folder."
         ),
     )
     q.add_argument(
         "model_dir",
         type=Path,
+        nargs="+",
         metavar="RUN_OR_ADAPTER_DIR",
-        help="run directory (uses its adapter/) or adapter folder",
+        help="run directory (uses its adapter/) or adapter folder; several: their ensemble",
     )
     q.add_argument(
-        "--input", type=Path, metavar="FILE_OR_DIR", required=True, help="image file or folder"
+        "--input",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        required=True,
+        help="image file or folder (NIfTI, or folders of DICOM cases)",
     )
     q.add_argument("--out", type=Path, metavar="DIR", required=True, help="output folder")
     q.add_argument(
@@ -134,7 +151,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medtune.evaluation.report import markdown_table
 
     summary = evaluate_run(
-        args.run_dir,
+        args.run_dir if len(args.run_dir) > 1 else args.run_dir[0],
         args.data,
         fold=args.fold,
         split=args.split,
@@ -148,7 +165,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(markdown_table(summary))
     print(
-        f"evaluated {summary['n_cases']} case(s) ({args.split}, fold {summary['fold']}, "
+        f"evaluated {summary['n_cases']} case(s) ({summary['split']}"
+        + (f", fold {summary['fold']}" if summary["fold"] is not None else "")
+        + (f", ensemble of {len(summary['runs'])} runs" if "runs" in summary else "")
+        + ", "
         f"tta {args.tta}, postprocess {summary['postprocess']}, hd95 {summary['hd95']}, "
         f"nsd at {summary['nsd_tolerance_mm']:g} mm) in {summary['wall_time_s']:.1f} s; "
         f"reports in {summary['out_dir']}"
@@ -166,7 +186,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from medtune.inference.predict import predict_files
 
     paths = predict_files(
-        args.model_dir,
+        args.model_dir if len(args.model_dir) > 1 else args.model_dir[0],
         args.input,
         args.out,
         device=args.device,

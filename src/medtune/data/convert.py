@@ -1,4 +1,5 @@
-"""Convert BraTS, KiTS and MSD downloads into the nnU-Net v2 raw layout (source never modified).
+"""Convert BraTS, KiTS and MSD downloads, or DICOM series with NIfTI labels, into the nnU-Net v2
+raw layout (source never modified).
 
 Labels are mapped to consecutive values by the detected edition, never by a label value alone;
 dataset.json records the mapping under the "medtune" key (see `medtune.data.dataset`).
@@ -361,8 +362,128 @@ def convert_msd(src: Path, out: Path, link: bool = False) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------------- DICOM
+
+DICOM_LABELS_DIR = "labels"
+"""Sub-folder of a DICOM source holding the NIfTI label maps `CASE.nii.gz`."""
+
+
+def _dicom_template(src: Path):
+    """The dataset properties of `SRC/dataset.json` (channel_names and labels required)."""
+    import json
+
+    from medtune.data.dataset import parse_dataset_json
+
+    path = src / "dataset.json"
+    if not path.is_file():
+        raise MedtuneInputError(
+            f"{path}: expected a dataset.json template with channel_names and labels (e.g. "
+            '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}}), found none'
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedtuneInputError(f"{path}: expected valid JSON, found {exc}") from None
+    if not isinstance(data, dict):
+        raise MedtuneInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    filled = {"numTraining": 0, "file_ending": ".nii.gz", **data}
+    return parse_dataset_json(filled, str(path), src.resolve().name), data
+
+
+def _dicom_labels(src: Path, case_ids: set[str]) -> dict[str, Path]:
+    folder = src / DICOM_LABELS_DIR
+    if not folder.is_dir():
+        return {}
+    labels = {strip_nifti(p): p for p in _nifti_files(folder)}
+    unknown = sorted(set(labels) - case_ids)
+    if unknown:
+        raise MedtuneInputError(
+            f"{labels[unknown[0]]}: expected a label of a case folder of --src ({len(case_ids)} "
+            f"found), found none named {unknown[0]}"
+        )
+    return labels
+
+
+def _image_dtype(arr: np.ndarray):
+    """int16 when the (rescaled) intensities are whole numbers that fit, else float32."""
+    finite = np.isfinite(arr).all()
+    if finite and np.all(arr == np.rint(arr)) and arr.min() >= -32768 and arr.max() <= 32767:
+        return np.int16
+    return np.float32
+
+
+def _check_label_grid(path: Path, geom) -> None:
+    """Refuse a label file (from its header) unless it lies on the series' grid."""
+    from medtune.data.dicom import AFFINE_TOL
+    from medtune.data.io import nifti_geometry
+
+    shape, affine, _ = nifti_geometry(path)
+    diff = float(np.abs(affine - geom.affine).max())
+    if tuple(shape) != tuple(geom.shape) or diff > AFFINE_TOL:
+        raise MedtuneInputError(
+            f"{path}: expected the grid of the series {geom.folder} (shape {geom.shape}, affine "
+            f"within {AFFINE_TOL}), found shape {tuple(shape)} and an affine differing by "
+            f"{diff:.4g}; write the label on the series' grid"
+        )
+
+
+@CONVERTERS.register("dicom")
+def convert_dicom(src: Path, out: Path, link: bool = False) -> Path:
+    """DICOM series + NIfTI labels: `SRC/CASE/` (one series, or one sub-folder per channel:
+    `0000`, ... or the channel's name), `SRC/labels/CASE.nii.gz`, `SRC/dataset.json` template."""
+    from medtune.data.dicom import case_series, check_same_grid, load_series, series_geometry
+    from medtune.data.io import describe_folder, read_label_map
+
+    props, template = _dicom_template(src)
+    names = props.channel_names
+    folders = [
+        d
+        for d in sorted(src.iterdir())
+        if d.is_dir() and not is_hidden(d) and d.name != DICOM_LABELS_DIR
+    ]
+    cases: dict[str, list[Path]] = {}
+    for d in folders:
+        series = case_series(d, names)
+        if series is None:
+            raise MedtuneInputError(
+                f"{d}: expected a DICOM case folder (a series, or one sub-folder per channel "
+                f"{', '.join(names)}), found {describe_folder(d, 'convert')}"
+            )
+        cases[d.name] = series
+    if not cases:
+        raise MedtuneInputError(
+            f"--src {src}: expected one folder per case holding DICOM series, found none"
+        )
+    labels = _dicom_labels(src, set(cases))
+    grids = {}
+    for cid, series in cases.items():  # headers only, before anything is written
+        grids[cid] = [series_geometry(d) for d in series]
+        check_same_grid(grids[cid], "channel")
+        if cid in labels:
+            _check_label_grid(labels[cid], grids[cid][0])
+    declared = props.labels.values()
+    for cid, series in tqdm(
+        sorted(cases.items()), desc="convert dicom", unit="case", file=sys.stderr
+    ):
+        geoms = grids[cid]
+        split = "Tr" if cid in labels else "Ts"
+        if cid in labels:  # written on the series' affine (equal within AFFINE_TOL)
+            lab, _ = read_label_map(labels[cid], declared)
+            save_nifti(lab, geoms[0].affine, out / "labelsTr" / f"{cid}.nii.gz")
+        for c, d in enumerate(series):
+            arr = load_series(d)[0].numpy()
+            dst = out / f"images{split}" / f"{cid}_{c:04d}.nii.gz"
+            save_nifti(arr, geoms[c].affine, dst, dtype=_image_dtype(arr))
+    meta = dict(template.get("medtune") or {})
+    meta.update(regions=props.regions, source_format="dicom")
+    meta.setdefault("source_labels", {str(v): v for v in props.labels.values() if v})
+    _dataset_json(out, props.name, names, props.labels, len(labels), ".nii.gz", meta)
+    return out
+
+
 def convert(fmt: str, src: str | Path, out: str | Path, link: bool = False) -> Path:
-    """Convert `src` (as downloaded) of format 'brats' | 'kits' | 'msd' into nnU-Net raw `out`."""
+    """Convert `src` (as downloaded) of format 'brats' | 'kits' | 'msd' | 'dicom' into nnU-Net
+    raw `out`."""
     src, out = Path(src), Path(out)
     fn = CONVERTERS.get(fmt)
     _check_paths(src, out)

@@ -1,7 +1,7 @@
 """Read a dataset in place: nnU-Net v2 raw layout or the Medical Segmentation Decathlon layout.
 
 nnU-Net v2 raw: `imagesTr/CASE_0000.nii.gz` (one file per channel), `labelsTr/CASE.nii.gz`,
-`imagesTs/`, and `dataset.json` with `channel_names`, `labels` (name -> value), `numTraining`,
+`imagesTs/` (with `labelsTs/CASE.nii.gz` when the test cases are labelled), and `dataset.json` with `channel_names`, `labels` (name -> value), `numTraining`,
 `file_ending`. MSD: `dataset.json` with `modality`, `labels` (value -> name) and a `training`
 list of `{"image": 4D file, "label": file}`.
 
@@ -68,11 +68,13 @@ class DatasetInfo:
     cases: list[CaseFiles] = field(default_factory=list)
     test_cases: list[CaseFiles] = field(default_factory=list)
 
-    def case(self, case_id: str) -> CaseFiles:
-        for c in self.cases:
+    def case(self, case_id: str, test: bool = False) -> CaseFiles:
+        """The training case `case_id` (with `test`: the test case, `imagesTs` / `labelsTs`)."""
+        for c in self.test_cases if test else self.cases:
             if c.case_id == case_id:
                 return c
-        raise MedtuneInputError(f"{self.root}: expected a training case '{case_id}', found none")
+        kind = "test" if test else "training"
+        raise MedtuneInputError(f"{self.root}: expected a {kind} case '{case_id}', found none")
 
 
 def modality_from_channels(channel_names: list[str]) -> str:
@@ -204,7 +206,11 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
         return out
 
     def cases_from(
-        img: dict[str, dict[int, Path]], labels: dict[str, list[Path]] | None, folder: str
+        img: dict[str, dict[int, Path]],
+        labels: dict[str, list[Path]] | None,
+        folder: str,
+        label_folder: str = "labelsTr",
+        labels_required: bool = True,
     ):
         cases = []
         for case_id in sorted(set(img) | set(labels or {})):
@@ -238,16 +244,19 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
             if labels is not None:
                 lab = labels.get(case_id)
                 if not lab:
-                    problems.append(
-                        Problem(case_id, f"labelsTr/{case_id}{ending}", "a label file", "none")
-                    )
+                    if labels_required:
+                        problems.append(
+                            Problem(
+                                case_id, f"{label_folder}/{case_id}{ending}", "a label file", "none"
+                            )
+                        )
                 else:
                     label = lab[0]
                     if len(lab) > 1:
                         problems.append(
                             Problem(
                                 case_id,
-                                f"labelsTr/{case_id}.*",
+                                f"{label_folder}/{case_id}.*",
                                 "one label file (duplicate case id)",
                                 ", ".join(p.name for p in lab),
                             )
@@ -256,7 +265,7 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
                         problems.append(
                             Problem(
                                 case_id,
-                                f"labelsTr/{label.name}",
+                                f"{label_folder}/{label.name}",
                                 f"file_ending {ending}",
                                 nifti_ending(label),
                             )
@@ -267,7 +276,8 @@ def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[
     tr = cases_from(
         images(root / "imagesTr", "imagesTr"), _files_by_id(root / "labelsTr"), "imagesTr"
     )
-    ts = cases_from(images(root / "imagesTs", "imagesTs"), None, "imagesTs")
+    ts_labels = _files_by_id(root / "labelsTs") if (root / "labelsTs").is_dir() else None
+    ts = cases_from(images(root / "imagesTs", "imagesTs"), ts_labels, "imagesTs", "labelsTs", False)
     num = data.get("numTraining")
     if isinstance(num, int) and tr and num != len(tr):
         problems.append(
@@ -423,6 +433,20 @@ def scan_dataset(root: str | Path) -> tuple[DatasetInfo | None, list[Problem]]:
     return info, problems
 
 
+def parse_dataset_json(data: dict, where: str, default_name: str) -> DatasetProps:
+    """Channels, labels, regions and file ending of a parsed dataset.json, as `scan_dataset`
+    reads them; the first problem raises MedtuneInputError naming `where`."""
+    problems: list[Problem] = []
+    props, _ = _props_from_json(data, default_name, problems)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MedtuneInputError(
+            f"{where}: expected {problems[0].expected}, found {problems[0].found}{more}"
+        )
+    assert props is not None  # every failed parse records a problem
+    return props
+
+
 def read_dataset_props(path: str | Path) -> DatasetProps:
     """Channels, labels, regions and file ending of one dataset.json file (no image folders
     needed), parsed as `scan_dataset` parses a dataset's; a problem raises MedtuneInputError
@@ -436,15 +460,7 @@ def read_dataset_props(path: str | Path) -> DatasetProps:
         raise MedtuneInputError(f"{path}: expected valid JSON, found {exc}") from None
     if not isinstance(data, dict):
         raise MedtuneInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    problems: list[Problem] = []
-    props, _ = _props_from_json(data, path.parent.name, problems)
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise MedtuneInputError(
-            f"{path}: expected {problems[0].expected}, found {problems[0].found}{more}"
-        )
-    assert props is not None  # every failed parse records a problem
-    return props
+    return parse_dataset_json(data, str(path), path.parent.name)
 
 
 def load_dataset(root: str | Path) -> DatasetInfo:

@@ -9,16 +9,22 @@
 - `describe_folder`: what a folder holds when no NIfTI file was found in it (upper-case endings,
   a DICOM series, other files), for the "found none" messages;
 - writing: `save_nifti` (new files), `write_like` (an output with a reference file's header and
-  geometry), `save_npy`, `save_json`, `copy_or_link`, all atomic (temporary name + rename).
+  geometry, or on a `Geometry`: shape + affine without a file), `save_npy`, `save_json`,
+  `copy_or_link`, all atomic (temporary name + rename).
+- DICOM series (folders) are read in `medtune.data.dicom`; `load_images` hands folders to it.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +158,21 @@ def non_finite_counts(arr: np.ndarray) -> tuple[int, int]:
     return n_nan, int(arr.size - finite.sum()) - n_nan
 
 
+DICOM_HINTS = {
+    "predict": "predict reads DICOM Part 10 files (a 'DICM' preamble) from one folder per case "
+    "(the series, or one sub-folder per channel)",
+    "convert": "convert --format dicom reads DICOM Part 10 files (a 'DICM' preamble): the "
+    "series, or one sub-folder per channel",
+    "": "not read here: convert the series to a NIfTI dataset first (medtune convert --format "
+    "dicom)",
+}
+"""What `describe_folder` suggests for DICOM files, per tool ("" for every other tool)."""
+
+
 def describe_folder(folder: Path, tool: str) -> str:
     """What `folder` holds instead of NIfTI files, for "found ..." messages: files whose ending
-    differs only in case (`.NII.GZ`), a DICOM series (not supported by `tool`), other files, or
-    nothing."""
+    differs only in case (`.NII.GZ`), a DICOM series (with how `tool` reads DICOM), other files,
+    or nothing."""
     folder = Path(folder)
     if not folder.is_dir():
         return "no such folder" if not folder.exists() else "a file, not a folder"
@@ -169,24 +186,22 @@ def describe_folder(folder: Path, tool: str) -> str:
         if ending and not nifti_ending(p):
             got = p.name[-len(ending) :]
             wrong_case[got] = wrong_case.get(got, 0) + 1
-        elif low.endswith((".dcm", ".ima")) or _is_dicom(p):
+        elif low.endswith((".dcm", ".ima")) or is_dicom_file(p):
             dicom += 1
     if wrong_case:
         got, n = max(wrong_case.items(), key=lambda kv: kv[1])
         want = next(e for e in NIFTI_ENDINGS if got.lower() == e)
         return f"{n} file(s) ending {got} (endings are case-sensitive: rename to {want})"
     if dicom:
-        return (
-            f"a DICOM series ({dicom} DICOM file(s)); DICOM input is not supported by {tool}: "
-            "convert it to NIfTI first (e.g. dcm2niix)"
-        )
+        hint = DICOM_HINTS.get(tool, DICOM_HINTS[""])
+        return f"a DICOM series ({dicom} DICOM file(s)); {hint}"
     if files:
         names = ", ".join(str(p.relative_to(folder)) for p in files[:3])
         return f"none ({len(files)} other file(s), e.g. {names})"
     return "none (the folder is empty)"
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """A DICOM Part 10 file: 'DICM' after the 128-byte preamble."""
     try:
         with open(path, "rb") as f:
@@ -196,20 +211,40 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
+@functools.cache
 def _loader():
+    """MONAI's `LoadImage` with its NIfTI reader, built once per process.
+
+    `LoadImage` also builds every other registered reader; with pydicom installed, MONAI's
+    nvImageCodec DICOM reader then logs a warning and warns (two stderr lines per command) on
+    machines without nvImageCodec. Both are silenced while it is built."""
     from monai.transforms import LoadImage
 
-    return LoadImage(
-        reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32
-    )
+    log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            return LoadImage(
+                reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32
+            )
+    finally:
+        log.setLevel(level)
 
 
 def load_images(files: list[Path] | Path | str):
-    """MetaTensor (C, X, Y, Z) from one file per channel or one 4D file (channels last on disk)."""
+    """MetaTensor (C, X, Y, Z) from one file per channel or one 4D file (channels last on disk);
+    a folder stands for a DICOM series (one channel, `medtune.data.dicom.load_series`)."""
     files = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
     loader = _loader()
     chans = []
     for f in files:
+        if f.is_dir():
+            from medtune.data.dicom import load_series
+
+            chans.append(load_series(f))
+            continue
         try:
             header = nib.load(str(f))
             if 0 in header.shape:
@@ -294,9 +329,24 @@ def read_label_map(path: Path, declared=None) -> tuple[np.ndarray, tuple[float, 
     return arr, tuple(float(s) for s in spacing)
 
 
-def write_like(data: np.ndarray, reference: Path, path: Path, description: str) -> Path:
-    """Write `data` `(X, Y, Z[, K])` as NIfTI with the header, sform and qform of `reference`
-    (its shape, affine and spacing), via a temporary name and a rename."""
+@dataclass(frozen=True)
+class Geometry:
+    """A voxel grid without a NIfTI file (e.g. a DICOM series'): what `write_like` writes in."""
+
+    shape: tuple[int, int, int]
+    """(X, Y, Z) voxels."""
+    affine: np.ndarray
+    """Voxel -> RAS mm `(4, 4)`, the NIfTI convention."""
+
+
+def _is_orthogonal(affine: np.ndarray) -> bool:
+    """True when the voxel axes are orthogonal (a qform can hold the affine: no shear)."""
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    m = m / np.linalg.norm(m, axis=0)
+    return bool(np.abs(m.T @ m - np.eye(3)).max() < 1e-5)
+
+
+def _header_like(data: np.ndarray, reference: Path):
     ref = nib.load(str(reference))
     klass = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
     hdr = klass.header_class.from_header(ref.header)
@@ -312,6 +362,37 @@ def write_like(data: np.ndarray, reference: Path, path: Path, description: str) 
         img.set_qform(qform, int(qform_code))
     else:
         img.set_qform(None, 0)
+    return img
+
+
+def _header_of_geometry(data: np.ndarray, geometry: Geometry, path: Path):
+    if tuple(data.shape[:3]) != tuple(int(n) for n in geometry.shape):
+        raise MedtuneInputError(
+            f"{path}: expected data on the grid {tuple(geometry.shape)}, found shape {data.shape}"
+        )
+    affine = np.asarray(geometry.affine, dtype=np.float64)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(affine, code=1)  # scanner-based world coordinates
+    # a qform cannot hold a shear (gantry-tilted CT); the sform then carries the geometry alone
+    img.set_qform(
+        affine if _is_orthogonal(affine) else None, code=1 if _is_orthogonal(affine) else 0
+    )
+    return img
+
+
+def write_like(data: np.ndarray, reference: Path | Geometry, path: Path, description: str) -> Path:
+    """Write `data` `(X, Y, Z[, K])` as NIfTI with the header, sform and qform of `reference`
+    (its shape, affine and spacing), via a temporary name and a rename.
+
+    `reference` is a NIfTI file, or a `Geometry` (shape + RAS affine, e.g. of a DICOM series):
+    then a fresh NIfTI-1 header gets that affine as sform and qform (code 1, scanner), or as
+    sform alone when the affine is sheared."""
+    if isinstance(reference, Geometry):
+        img = _header_of_geometry(data, reference, path)
+    else:
+        img = _header_like(data, reference)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0
     img.header["descrip"] = description[:79].encode()

@@ -32,7 +32,7 @@ from medtune.core.errors import MedtuneInputError
 from medtune.data.io import read_label_map
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
-SPLITS = ("val", "train", "all")
+SPLITS = ("val", "train", "all", "test")
 POSTPROCESS = ("brats",)
 MEAN_REGION = "mean"
 BRATS_MIN_VOXELS = 500
@@ -46,7 +46,8 @@ def select_cases(
     split_seed: int = 12345,
     split_dirs: tuple[Path, ...] = (),
 ) -> list[str]:
-    """Case ids of `split` ("val", "train" or "all") of fold `fold` of dataset `info`.
+    """Case ids of `split` ("val", "train" or "all") of fold `fold` of dataset `info`, or its
+    test cases ("test": `imagesTs` with `labelsTs`, every one labelled).
 
     Folds come from the first `splits_final.json` found in the dataset folder or `split_dirs`
     (e.g. the run's cache); when there is none they are made in memory with `make_splits`
@@ -56,6 +57,8 @@ def select_cases(
 
     if split not in SPLITS:
         raise MedtuneInputError(f"--split: expected one of {', '.join(SPLITS)}, found {split!r}")
+    if split == "test":
+        return _test_cases(info)
     ids = [c.case_id for c in info.cases]
     if split == "all":
         return ids
@@ -64,6 +67,24 @@ def select_cases(
     if not chosen:
         raise MedtuneInputError(f"--split {split} of fold {fold}: expected cases, found none")
     return chosen
+
+
+def _test_cases(info) -> list[str]:
+    root = Path(info.root)
+    if not info.test_cases:
+        raise MedtuneInputError(
+            f"--split test: expected test cases in {root / 'imagesTs'} with labels in "
+            f"{root / 'labelsTs'}, found none"
+        )
+    unlabelled = [c for c in info.test_cases if c.label is None]
+    if unlabelled:
+        c = unlabelled[0]
+        raise MedtuneInputError(
+            f"{root / 'labelsTs' / (c.case_id + info.props.file_ending)}: expected the label of "
+            f"test case {c.case_id} (--split test scores imagesTs against labelsTs), found none "
+            f"({len(unlabelled)} of {len(info.test_cases)} test cases unlabelled)"
+        )
+    return [c.case_id for c in info.test_cases]
 
 
 def _brats_labels(info) -> tuple[int, int]:
@@ -93,6 +114,13 @@ def predict_case_labels(
     return restore_labels(pred.labels, predictor.props.label_values, pred.meta)
 
 
+def _protocol(predictor) -> dict[str, Any]:
+    """Window and overlap of the model (of each model of an ensemble) for the summary."""
+    if hasattr(predictor, "protocol"):
+        return predictor.protocol()
+    return {"window": list(predictor.window), "overlap": round(predictor.overlap, 6)}
+
+
 def evaluate_predictor(
     predictor: Predictor,
     data_dir: str | Path,
@@ -107,8 +135,11 @@ def evaluate_predictor(
     progress: bool = True,
     info=None,
     nonfinite: str = "error",
+    test: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate `predictor` on `case_ids` (default: every labelled case) of dataset `data_dir`.
+    """Evaluate `predictor` (a `Predictor` or an `EnsemblePredictor`) on `case_ids` (default:
+    every labelled case) of dataset `data_dir`; with `test`, the ids name its test cases
+    (`imagesTs` / `labelsTs`; default: all of them).
 
     `info`: the `DatasetInfo` of `data_dir` when the caller has already loaded it.
     `nonfinite`: "error" refuses NaN / Inf image voxels, "zero" replaces them by 0 after
@@ -148,8 +179,11 @@ def evaluate_predictor(
         info = load_dataset(root)
     predictor.props.check_compatible(info.props, f"--data {info.root}")
     et_nc = _brats_labels(info) if postprocess == "brats" else None
-    ids = list(case_ids) if case_ids is not None else [c.case_id for c in info.cases]
-    cases = [info.case(cid) for cid in ids]  # unknown ids raise before any work
+    if case_ids is not None:
+        ids = list(case_ids)
+    else:
+        ids = _test_cases(info) if test else [c.case_id for c in info.cases]
+    cases = [info.case(cid, test=test) for cid in ids]  # unknown ids raise before any work
     regions = info.props.regions
     known = sorted(v for v in info.props.labels.values() if v != 0)
     mean_region = MEAN_REGION if len(regions) > 1 else None
@@ -206,9 +240,8 @@ def evaluate_predictor(
             "model": predictor.source,
             "data": str(root.resolve()),
             "geometry": "original (each label file's voxel grid and spacing)",
-            "window": list(predictor.window),
+            **_protocol(predictor),
             "slice_axis": predictor.props.slice_axis,
-            "overlap": round(predictor.overlap, 6),
             "tta": tta,
             "postprocess": postprocess or "none",
             "hd95": hd95,
@@ -226,11 +259,79 @@ def evaluate_predictor(
     return summary
 
 
+def _run_dirs(run_dir) -> list:
+    """RunDir of each run given (a path or a list of paths), refusing non-run folders."""
+    from medtune.artifacts.run_dir import RunDir
+
+    paths = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    if not paths:
+        raise MedtuneInputError("RUN_DIR: expected at least one run directory, found none")
+    runs = [RunDir(Path(p)) for p in paths]
+    for run in runs:
+        if not run.is_run():
+            raise MedtuneInputError(
+                f"{run.path}: expected a run directory with {run.config.name} (written by "
+                "medtune train), found none"
+            )
+    return runs
+
+
+def _split_dirs(cfg, data_dir: Path) -> tuple[Path, ...]:
+    """Where a run's folds may be written besides the dataset: its cache (same dataset only),
+    then the default cache beside the dataset."""
+    from medtune.data.preprocess import default_cache_dir
+
+    dirs = []
+    same_data = cfg.data.root and Path(cfg.data.root).resolve() == Path(data_dir).resolve()
+    if same_data and cfg.data.cache:
+        dirs.append(Path(cfg.data.cache))
+    dirs.append(default_cache_dir(data_dir))
+    return tuple(dirs)
+
+
+def training_cases(run, cfg, info, data_dir: Path) -> set[str]:
+    """The cases run `run` trained on: `train_summary.json`'s `train_cases` and, when `data_dir`
+    is the run's dataset, the training cases of its fold; neither known raises one line."""
+    trained: set[str] = set()
+    known = False
+    if run.summary.is_file():
+        summary = run.read_summary()
+        if isinstance(summary, dict) and "train_cases" in summary:
+            trained |= {str(c) for c in summary["train_cases"]}
+            known = True
+    if cfg.data.root and Path(cfg.data.root).resolve() == Path(data_dir).resolve():
+        trained |= set(
+            select_cases(
+                info, "train", cfg.data.fold, cfg.data.num_folds, cfg.data.split_seed,
+                _split_dirs(cfg, data_dir),
+            )
+        )  # fmt: skip
+        known = True
+    if not known:
+        raise MedtuneInputError(
+            f"{run.summary}: expected the run's training cases (train_summary.json of a "
+            f"finished run, or its dataset {cfg.data.root} as --data), found neither"
+        )
+    return trained
+
+
+def refuse_overlap(ids: list[str], runs, cfgs, info, data_dir: Path, split: str) -> None:
+    """Raise (one line) when a case of `ids` is one that any of `runs` trained on."""
+    for run, cfg in zip(runs, cfgs):
+        both = sorted(set(ids) & training_cases(run, cfg, info, data_dir))
+        if both:
+            raise MedtuneInputError(
+                f"--split {split}: expected cases that no run trained on, found {len(both)} "
+                f"of the training cases of {run.path} (e.g. {', '.join(both[:3])}); score "
+                "an ensemble of folds on the test cases (imagesTs + labelsTs, --split test)"
+            )
+
+
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir,
     data_dir: str | Path,
     fold: int | None = None,
-    split: str = "val",
+    split: str | None = None,
     tta: str = "none",
     postprocess: str | None = None,
     out: str | Path | None = None,
@@ -242,16 +343,23 @@ def evaluate_run(
     sw_batch_size: int | None = None,
     nonfinite: str = "error",
 ) -> dict[str, Any]:
-    """`medtune evaluate`: evaluate the best adapter of run `run_dir` on dataset `data_dir`.
+    """`medtune evaluate`: evaluate the best adapter of run `run_dir` on dataset `data_dir`;
+    a list of several runs evaluates their ensemble (the mean softmax, see
+    `medtune.inference.ensemble`).
 
     Args:
-        run_dir: run directory written by `medtune train` (`config.yaml` + `adapter/`).
+        run_dir: run directory written by `medtune train` (`config.yaml` + `adapter/`), or a
+            list of them (e.g. the folds of one dataset).
         data_dir: labelled dataset folder (nnU-Net v2 raw or MSD layout).
-        fold: fold of `splits_final.json` (default: the run's `data.fold`).
-        split: "val", "train" or "all" (every labelled case).
+        fold: fold of `splits_final.json` (default: the (first) run's `data.fold`).
+        split: "val", "train", "all" (every labelled case) or "test" (`imagesTs` scored
+            against `labelsTs`); default "val" for one run, "test" for several. With several
+            runs (any split) or with "test", a case any run trained on (`train_summary.json`'s
+            `train_cases`, and its fold's training cases) is refused.
         tta: "none" or "flip8".
         postprocess: None or "brats".
-        out: report folder (default `RUN_DIR/eval_<split>_fold<K>`).
+        out: report folder (default `RUN_DIR/eval_<split>_fold<K>`, `RUN_DIR/eval_test`; for
+            several runs the same names beside them, `eval_ensemble_<split>...`).
         device: "auto", "cpu" or "cuda" for the model; stitching is on the CPU.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (medpy's).
@@ -261,41 +369,49 @@ def evaluate_run(
     Returns:
         The summary written to `summary.json` (plus `out_dir`).
     """
-    from medtune.artifacts.run_dir import RunDir
-
-    run = RunDir(Path(run_dir))
-    if not run.is_run():
-        raise MedtuneInputError(
-            f"{run.path}: expected a run directory with {run.config.name} (written by medtune "
-            "train), found none"
-        )
-    predictor = load_predictor(run.path, device=device, sw_batch_size=sw_batch_size)
-    cfg = predictor.run_config
-    fold = cfg.data.fold if fold is None else int(fold)
     from medtune.data.dataset import load_dataset
-    from medtune.data.preprocess import default_cache_dir
+    from medtune.training.config import load_config
 
+    runs = _run_dirs(run_dir)
+    ensemble = len(runs) > 1
+    if ensemble:  # the runs' data must match: checked before anything is loaded
+        from medtune.inference.ensemble import ensemble_props
+
+        ensemble_props([r.path for r in runs])
+    split = split or ("test" if ensemble else "val")
+    cfgs = [load_config(r.config) for r in runs]
+    fold = cfgs[0].data.fold if fold is None else int(fold)
     info = load_dataset(data_dir)
-    split_dirs = []
-    same_data = cfg.data.root and Path(cfg.data.root).resolve() == Path(data_dir).resolve()
-    if same_data and cfg.data.cache:
-        split_dirs.append(Path(cfg.data.cache))
-    split_dirs.append(default_cache_dir(data_dir))
+    data = cfgs[0].data
     ids = select_cases(
-        info, split, fold, cfg.data.num_folds, cfg.data.split_seed, tuple(split_dirs)
+        info, split, fold, data.num_folds, data.split_seed, _split_dirs(cfgs[0], Path(data_dir))
     )
-    out = Path(out) if out is not None else run.eval_dir(split, fold)
+    if ensemble or split == "test":
+        refuse_overlap(ids, runs, cfgs, info, Path(data_dir), split)
+    paths = [r.path for r in runs]
+    predictor = load_predictor(paths if ensemble else paths[0], device, sw_batch_size)
+    fold_of_split = None if split == "test" else fold
+    if out is None:
+        out = runs[0].eval_dir(split, fold_of_split)
+        if ensemble:
+            out = runs[0].path.parent / f"eval_ensemble_{out.name[len('eval_') :]}"
+    extra: dict[str, Any] = {"split": split, "fold": fold_of_split}
+    if ensemble:
+        extra["runs"] = [str(p.resolve()) for p in paths]
+    else:
+        extra["run_dir"] = str(paths[0].resolve())
     return evaluate_predictor(
         predictor,
         data_dir,
         ids,
-        out,
+        Path(out),
         tta=tta,
         postprocess=postprocess,
         nsd_tolerance_mm=nsd_tolerance_mm,
         hd95=hd95,
-        summary_extra={"run_dir": str(run.path.resolve()), "split": split, "fold": fold},
+        summary_extra=extra,
         progress=progress,
         info=info,
         nonfinite=nonfinite,
+        test=split == "test",
     )

@@ -5,7 +5,12 @@ Inputs (`--input`, a file or a folder):
 - nnU-Net-style channel files `CASE_0000.nii.gz`, `CASE_0001.nii.gz`, ... (grouped by CASE; one
   file per channel the model was trained on). Naming one of them picks up its siblings.
 - a single 4D NIfTI per case (channels last), or a 3D file for a one-channel model;
-- a folder holding any mix of the above, or a folder of case folders (one level).
+- a folder holding any mix of the above, or a folder of case folders (one level);
+- DICOM: a folder of case folders, each holding one series (one-channel models) or one
+  sub-folder per channel named by its index (`0000`, `0001`, ...) or its channel name
+  (case-insensitive); or one such case folder itself. Series are read with their geometry
+  (`medtune.data.dicom`), and the outputs get that geometry: the series' RAS affine as sform and
+  qform of a new NIfTI header.
 
 Outputs in `--out`: `CASE.nii.gz`, a label map with exactly the input's shape, affine (sform and
 qform) and header, in the source dataset's label convention (`source_labels`, e.g. BraTS 2019
@@ -34,13 +39,16 @@ from medtune.core.errors import MedtuneInputError
 from medtune.data.io import (
     CHANNEL_RE,
     NIFTI_ENDINGS,
+    Geometry,
     check_affine,
     describe_folder,
+    is_dicom_file,
     list_nifti,
     nifti_ending,
     strip_nifti,
     write_like,
 )
+from medtune.inference.ensemble import EnsemblePredictor, ensemble_props
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 OUT_ENDING = ".nii.gz"
@@ -92,6 +100,27 @@ def _group(files: list[Path], channel_names: list[str]) -> list[InputCase]:
     return cases
 
 
+def _folder_cases(p: Path, channel_names: list[str]) -> list[InputCase]:
+    """Cases of an `--input` folder: NIfTI files in it, or the folder as one DICOM case, or its
+    case folders (NIfTI files or DICOM series)."""
+    files = list_nifti(p)
+    if files:
+        return _group(files, channel_names)
+    from medtune.data.dicom import case_series
+
+    own = case_series(p, channel_names, top=True)
+    if own is not None:
+        return [InputCase(p.name, own)]
+    found: list[InputCase] = []
+    for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        sub_files = list_nifti(sub)
+        if sub_files:
+            found.extend(_group(sub_files, channel_names))
+        elif (series := case_series(sub, channel_names)) is not None:
+            found.append(InputCase(sub.name, series))
+    return found
+
+
 def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
     """Cases of `inputs` (a path or a list of paths: files or folders), sorted by case id."""
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
@@ -108,6 +137,8 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
                 hint = ""
                 if p.name.lower().endswith(NIFTI_ENDINGS):
                     hint = " (endings are case-sensitive: rename it to end .nii.gz or .nii)"
+                elif is_dicom_file(p):
+                    hint = " (a DICOM slice: pass the folder of its case instead)"
                 raise MedtuneInputError(
                     f"--input {p}: expected a .nii.gz or .nii file, found {p.name}{hint}"
                 )
@@ -122,17 +153,11 @@ def find_cases(inputs, channel_names: list[str]) -> list[InputCase]:
             else:
                 cases.append(InputCase(strip_nifti(p), [p]))
             continue
-        files = list_nifti(p)
-        found = _group(files, channel_names) if files else []
-        if not files:
-            for sub in sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")):
-                sub_files = list_nifti(sub)
-                if sub_files:
-                    found.extend(_group(sub_files, channel_names))
+        found = _folder_cases(p, channel_names)
         if not found:
             raise MedtuneInputError(
-                f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files) or case "
-                f"folders holding them, found {describe_folder(p, 'predict')}"
+                f"--input {p}: expected NIfTI images (CASE_0000.nii.gz, ..., 4D files), case "
+                f"folders holding them or DICOM case folders, found {describe_folder(p, 'predict')}"
             )
         cases.extend(found)
     seen: dict[str, InputCase] = {}
@@ -150,6 +175,11 @@ def _check_headers(case: InputCase, channel_names: list[str]) -> None:
     """Shapes from the headers only: channel files 3D and alike, a single file 4D with one
     volume per channel (3D for a one-channel model)."""
     n = len(channel_names)
+    if case.files[0].is_dir():  # DICOM series, one per channel (see case_series)
+        from medtune.data.dicom import check_same_grid, series_geometry
+
+        check_same_grid([series_geometry(d) for d in case.files], "channel")
+        return
     shapes = []
     for f in case.files:
         try:
@@ -193,7 +223,7 @@ def _check_out(
 ) -> None:
     out = out_dir.resolve()
     files = {f.resolve() for c in cases for f in c.files}
-    folders = {f.parent for f in files}
+    folders = {f.parent for f in files} | {f for f in files if f.is_dir()}  # DICOM series
     for p in [inputs] if isinstance(inputs, str | os.PathLike) else inputs:
         if Path(p).is_dir():
             folders.add(Path(p).resolve())
@@ -231,7 +261,7 @@ def replaced_note(case_id: str, meta: dict) -> str | None:
 
 
 def write_case_prediction(
-    predictor: Predictor,
+    predictor: Predictor | EnsemblePredictor,
     case: InputCase,
     out_dir: Path,
     tta: str = "none",
@@ -249,12 +279,15 @@ def write_case_prediction(
     probs, idx, meta = pred.probs, pred.labels, pred.meta
     del pred
     paths = output_paths(out_dir, case.case_id, save_probabilities)
+    reference = case.files[0]
+    if reference.is_dir():  # a DICOM series: its geometry as read, no header to copy
+        reference = Geometry(tuple(meta["original_shape"]), np.asarray(meta["original_affine"]))
     if save_probabilities:
         restored = restore_to_original(probs.numpy(), meta)  # (K, X, Y, Z)
         del probs
         write_like(
             np.moveaxis(restored, 0, -1).astype(np.float32, copy=False),
-            case.files[0],
+            reference,
             paths[1],
             "medtune class probabilities (X, Y, Z, K)",
         )
@@ -262,12 +295,12 @@ def write_case_prediction(
     else:
         del probs
     labels = restore_labels(idx, predictor.props.source_lut(), meta, wide_dtype=np.int16)
-    write_like(labels, case.files[0], paths[0], "medtune predict labels")
+    write_like(labels, reference, paths[0], "medtune predict labels")
     return paths
 
 
 def predict_files(
-    adapter_or_run_dir: str | Path | Predictor,
+    adapter_or_run_dir: str | Path | Predictor | EnsemblePredictor | list,
     inputs,
     out_dir: str | Path,
     device: str | None = "auto",
@@ -282,7 +315,9 @@ def predict_files(
     """`medtune predict`: write a label map per input case into `out_dir`.
 
     Args:
-        adapter_or_run_dir: a run directory, an adapter folder, or a loaded `Predictor`.
+        adapter_or_run_dir: a run directory, an adapter folder, a loaded `Predictor`, or a
+            list of runs / adapter folders (a fold ensemble: the mean of their softmax, see
+            `medtune.inference.ensemble`) or a loaded `EnsemblePredictor`.
         inputs: a NIfTI file or folder (or a list of them); see the module docstring.
         out_dir: output folder (created); never an input folder.
         device: "auto", "cpu" or "cuda" (a clear error when CUDA is missing).
@@ -306,9 +341,16 @@ def predict_files(
             f"--nonfinite: expected one of {', '.join(NONFINITE)}, found {nonfinite!r}"
         )
     out = Path(out_dir)
-    if isinstance(adapter_or_run_dir, Predictor):
-        predictor = adapter_or_run_dir
+    models = adapter_or_run_dir
+    if isinstance(models, list | tuple) and len(models) == 1:
+        models = models[0]
+    if isinstance(models, Predictor | EnsemblePredictor):
+        predictor = models
         channel_names = list(predictor.props.channel_names)
+        cases = find_cases(inputs, channel_names)
+    elif isinstance(models, list | tuple):  # an ensemble: runs checked before any model loads
+        predictor = None
+        channel_names = list(ensemble_props(list(models)).channel_names)
         cases = find_cases(inputs, channel_names)
     else:
         # Inputs and outputs are checked before the model is loaded; the channel names come
@@ -316,19 +358,19 @@ def predict_files(
         from medtune.artifacts.adapters import read_adapter_config
         from medtune.artifacts.run_dir import resolve_model_dir
 
-        adapter_dir, _ = resolve_model_dir(adapter_or_run_dir)
+        adapter_dir, _ = resolve_model_dir(models)
         ds = (read_adapter_config(adapter_dir).get("extra") or {}).get("dataset") or {}
         channel_names = list(ds.get("channel_names") or [])
         predictor = None
         if not channel_names:
-            predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+            predictor = load_predictor(models, device, sw_batch_size)
             channel_names = list(predictor.props.channel_names)
         cases = find_cases(inputs, channel_names)
     for case in cases:
         _check_headers(case, channel_names)
     _check_out(out, inputs, cases, save_probabilities, overwrite)
     if predictor is None:
-        predictor = load_predictor(adapter_or_run_dir, device, sw_batch_size)
+        predictor = load_predictor(models, device, sw_batch_size)
     out.mkdir(parents=True, exist_ok=True)
 
     written = []

@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from medtune.artifacts.run_dir import RunDir, resolve_model_dir
 from medtune.core.errors import BackboneMismatchError, MedtuneInputError
 from medtune.data.props import DatasetProps
 from medtune.inference.sliding_window import DEFAULT_OVERLAP
+
+if TYPE_CHECKING:
+    from medtune.inference.ensemble import EnsemblePredictor
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -158,15 +161,21 @@ class Predictor:
         predict it (sliding windows, optional flip TTA). NaN / Inf voxels are refused, or with
         `nonfinite="zero"` replaced by 0 after normalisation (counted in
         `meta["nonfinite_replaced"]`, per file)."""
-        from medtune.data.preprocess import preprocess_image
         from medtune.inference.sliding_window import probs_to_labels
 
-        image, meta = preprocess_image(
-            files if len(files) > 1 else files[0], self.props, nonfinite=nonfinite
-        )
+        image, meta = self.prepare_case(files, nonfinite=nonfinite)
         probs = self.predict_probs(image, tta=tta, progress=progress)
         del image
         return CasePrediction(probs, probs_to_labels(probs), meta)
+
+    def prepare_case(self, files: list[Path], nonfinite: str = "error") -> tuple[np.ndarray, dict]:
+        """One case's image files (one per channel, one 4D file, or DICOM series folders) in the
+        model's grid: (image `(C, D, H, W)` float32, geometry meta for `restore_to_original`)."""
+        from medtune.data.preprocess import preprocess_image
+
+        return preprocess_image(
+            files if len(files) > 1 else files[0], self.props, nonfinite=nonfinite
+        )
 
 
 def restore_labels(
@@ -223,16 +232,33 @@ def _build_model(adapter_dir: Path, config: dict[str, Any], seed: int) -> torch.
         ) from exc
 
 
+def model_props(path: str | Path) -> DatasetProps:
+    """The dataset properties a run directory or adapter folder was trained with, read from its
+    files without building the model."""
+    from medtune.artifacts.adapters import read_adapter_config
+
+    adapter_dir, run = resolve_model_dir(path)
+    extra = read_adapter_config(adapter_dir).get("extra") or {}
+    return _props(adapter_dir, extra, _run_config(run))
+
+
 def load_predictor(
-    path: str | Path, device: str | None = "cpu", sw_batch_size: int | None = None
-) -> Predictor:
-    """Load the model of a run directory or an adapter folder onto `device` (see module doc).
+    path: str | Path | list | tuple, device: str | None = "cpu", sw_batch_size: int | None = None
+) -> Predictor | EnsemblePredictor:
+    """Load the model of a run directory or an adapter folder onto `device` (see module doc);
+    a list of several -> an `EnsemblePredictor` of them (`medtune.inference.ensemble`).
 
     `sw_batch_size` (windows per model call) defaults to the adapter's `extra["sw_batch_size"]`,
     else the run's `train.sw_batch_size`, else 1; more windows per call are faster on a CPU.
     """
     from medtune.artifacts.adapters import read_adapter_config
 
+    if isinstance(path, list | tuple):
+        if len(path) != 1:
+            from medtune.inference.ensemble import load_ensemble
+
+            return load_ensemble(path, device, sw_batch_size)
+        path = path[0]
     adapter_dir, run = resolve_model_dir(path)
     config = read_adapter_config(adapter_dir)
     extra = config.get("extra") or {}
