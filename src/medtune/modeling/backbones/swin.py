@@ -20,7 +20,10 @@ class SwinSliceBackbone(SliceBackbone):
     """
 
     family = "swin"
+    timm_modules = ("swin_transformer",)
+    timm_classes = ("SwinTransformer",)
     capabilities = frozenset({"pre_block", "transformer_blocks", "window_attention"})
+    takes_img_size = True
     default_decoder = "swin_unet"
 
     def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
