@@ -109,11 +109,16 @@ class SAMSliceBackbone(SliceBackbone):
                 f"left out SAM's neck ({len(neck)} tensors): features come from the blocks"
             )
         target = self.model.state_dict()
-        if "pos_embed" in sd and "pos_embed" in target:
-            sd["pos_embed"] = resample_abs_pos_embed_nhwc(
-                sd["pos_embed"], target["pos_embed"].shape[1:3]
-            )
         for k, v in list(sd.items()):
-            if k.endswith(("rel_pos_h", "rel_pos_w")) and k in target:
+            if k not in target or tuple(v.shape) == tuple(target[k].shape):
+                continue
+            if k == "pos_embed":
+                sd[k] = resample_abs_pos_embed_nhwc(v, target[k].shape[1:3])
+                how = "timm resample_abs_pos_embed_nhwc"
+            elif k.endswith(("rel_pos_h", "rel_pos_w")):
                 sd[k] = resize_rel_pos(v, target[k].shape[0])
+                how = "linear, as SAM's get_rel_pos"
+            else:
+                continue
+            report.append(f"resized {k} from {tuple(v.shape)} to {tuple(sd[k].shape)} ({how})")
         return sd

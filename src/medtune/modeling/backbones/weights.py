@@ -361,8 +361,11 @@ def _fit_to_backbone(
         report.append(
             f"adapted input conv {conv} from {n_in} to {backbone.in_chans} channels (timm adapt_input_conv)"
         )
+    said = {r.split()[1] for r in report if r.startswith("resized ")}  # by the family's fit
     resized = [
-        k for k, v in sd.items() if k in before and before[k] != tuple(v.shape) and k != conv
+        k
+        for k, v in sd.items()
+        if k in before and before[k] != tuple(v.shape) and k != conv and k not in said
     ]
     for k in resized:
         how = next((f for end, f in RESIZERS.items() if k.endswith(end)), "timm")
