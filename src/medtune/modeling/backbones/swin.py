@@ -67,11 +67,22 @@ class SwinSliceBackbone(SliceBackbone):
             div = self.size_divisor
             near = [s for s in range(div, 8 * max(hw) + div, div) if self.fits(s)]
             near = sorted(near, key=lambda s: abs(s - hw[0]))[:4]
+            grids = [hw[0] // (self.patch_size * 2**s) for s in range(len(self.model.layers))]
+            wins = [
+                w
+                for w in range(self.window_size - 1, 1, -1)
+                if all(g % min(w, g) == 0 for g in grids)
+            ]
+            alt = (
+                f", or backbone.timm_kwargs.window_size: {wins[0]}"
+                if wins and hw[0] == hw[1]
+                else ""
+            )
             raise MedtuneInputError(
                 f"backbone {self.timm_name}: slice size {hw[0]}x{hw[1]} does not fit its windows "
                 f"(window {self.window_size}, patch {self.patch_size}, {len(self.model.layers)} stages: "
                 f"each stage's grid must be a multiple of the window, or smaller than it); square "
-                f"sizes that would work: {', '.join(str(s) for s in sorted(near))}"
+                f"sizes that would work: {', '.join(str(s) for s in sorted(near))}{alt}"
             )
         if hw != (self.img_size, self.img_size):
             raise MedtuneInputError(
