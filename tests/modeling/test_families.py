@@ -126,3 +126,16 @@ def test_vit_b16_keeps_the_papers_layout():
         bb = create_backbone(BackboneConfig(name="vit_b16", img_size=128))
     assert bb.num_prefix_tokens == 0 and bb.model.cls_token is None
     assert bb.model.pos_embed.shape == (1, 64, 768)
+
+
+def test_padding_is_said_in_the_build_report_without_weights():
+    from medtune.core.configbase import from_dict
+    from medtune.modeling.model import ModelConfig, build_model
+
+    cfg = {"backbone": {"name": "dinov2reg_test", "img_size": 64}, "method": {"name": "head"}}
+    report: list[str] = []
+    build_model(from_dict(ModelConfig, cfg), load_weights=False, report=report)
+    assert report == [
+        "slices 64x64 are zero-padded to 70x70 (the next multiple of the patch, 14) and the "
+        "logits cropped back"
+    ]

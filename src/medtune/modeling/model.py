@@ -118,6 +118,8 @@ def build_model(
             lines += [f"decoder init: {c}" for c in decoder.init_from_encoder(stages)]
         if report is not None:
             report.extend(lines)
+    elif report is not None:
+        report.extend(backbone.notes)  # what the family changed (e.g. padding), weights or not
     method.apply(model)
     model.train()
     return model
