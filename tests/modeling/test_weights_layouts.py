@@ -86,6 +86,8 @@ def test_open_clip_layout_takes_the_image_tower(tmp_path):
         got["patch_embed.proj.weight"][:, :3] * 4 / 3, ref["patch_embed.proj.weight"]
     )
     assert any("CLIP layout" in r and "text tower (5 tensors)" in r for r in report)
+    assert any("resized pos_embed from (1, 257, 48) to (1, 65, 48)" in r for r in report)
+    assert any("unused checkpoint tensors" in r and "head.weight" in r for r in report)  # proj
     assert any("adapted input conv patch_embed.proj.weight from 3 to 4" in r for r in report)
 
 

@@ -306,9 +306,13 @@ def _report_unused(unused: dict[str, torch.Tensor], model: torch.nn.Module) -> l
     return lines
 
 
-def _source_layout(sd: dict[str, torch.Tensor], report: list[str]) -> dict[str, torch.Tensor]:
-    """Unwrap released layouts that timm's filters do not know: MoCo v3 (the ViT under
-    `module.base_encoder.`); report what CLIP checkpoints leave out (the text tower)."""
+def _source_layout(
+    sd: dict[str, torch.Tensor], model: torch.nn.Module, report: list[str]
+) -> dict[str, torch.Tensor]:
+    """Unwrap released layouts before the family's fit, so that resizes are reported under
+    timm's names: MoCo v3 (the ViT under `module.base_encoder.`, which timm does not know);
+    CLIP's open_clip / OpenAI state dicts (`visual.*`, renamed by timm's own CLIP conversion;
+    the text tower is left out)."""
     prefix = next((p for p in MOCO_PREFIXES if any(k.startswith(p) for k in sd)), None)
     if prefix is not None:
         enc = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -319,11 +323,14 @@ def _source_layout(sd: dict[str, torch.Tensor], report: list[str]) -> dict[str, 
         return enc
     for visual in ("visual.", "module.visual."):
         if f"{visual}class_embedding" in sd:
+            from timm.models.vision_transformer import _convert_openai_clip
+
             text = sum(not k.startswith(visual) for k in sd)
             report.append(
                 f"CLIP layout (open_clip / OpenAI state dict): took the image tower ({visual}*); "
                 f"the text tower ({text} tensors) is left out"
             )
+            return _convert_openai_clip(sd, model, prefix=visual)
     return sd
 
 
@@ -333,7 +340,7 @@ def _fit_to_backbone(
     """Convert a timm-family state dict to the slice backbone's shapes (see module docstring)."""
     model = backbone.model
     sd = dict(sd.get("model", sd.get("state_dict", sd)))
-    sd = _source_layout(sd, report)
+    sd = _source_layout(sd, model, report)
     if backbone.family == "swin":
         sd = _swin_to_timm_layout(sd, backbone, preset, where, report)
     before = {k: tuple(v.shape) for k, v in sd.items()}
