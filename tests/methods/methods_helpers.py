@@ -13,7 +13,14 @@ FAMILIES = {
     "vit": ("vit_test", {"name": "upernet", "options": {"channels": 32}}),
     "swin": ("swin_test", {"name": "upernet", "options": {"channels": 32}}),
     "cnn": ("cnn_test", {"name": "unet", "options": {"channels": [16, 16, 16, 16]}}),
+    "resnet": ("resnet_test", {"name": "unet", "options": {"channels": [16, 16, 16, 16]}}),
+    "regnet": ("regnet_test", {"name": "unet", "options": {"channels": [16, 16, 16, 16]}}),
+    "dinov2reg": ("dinov2reg_test", {"name": "upernet", "options": {"channels": 32}}),
+    "eva": ("eva_test", {"name": "upernet", "options": {"channels": 32}}),
+    "sam": ("sam_test", {"name": "upernet", "options": {"channels": 32}}),
 }
+FAMILY_OF = {"resnet": "cnn", "regnet": "cnn", "dinov2reg": "vit"}
+"""Test family -> backbone family, where the two differ."""
 IN_CHANS = 4
 SLICES = 8
 SIZE = 64

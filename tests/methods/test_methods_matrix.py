@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import FAMILIES, config_dict, seeded_build, tiny_config, volume
+from methods_helpers import FAMILIES, FAMILY_OF, config_dict, seeded_build, tiny_config, volume
 
 from medtune.artifacts.adapters import frozen_backbone_tensors, load_adapter, save_adapter
 from medtune.core.errors import MedtuneInputError
@@ -15,12 +15,17 @@ from medtune.modeling.methods import list_methods
 CASES = [(m, f) for m in list_methods() for f in FAMILIES]
 
 
-# Methods that need transformer blocks (attention + MLP sub-blocks) cannot run on CNNs.
+# Methods that need transformer blocks (attention + MLP sub-blocks) cannot run on CNNs;
+# prompt tokens cannot join SAM's grid blocks (no token sequence).
 TRANSFORMER_ONLY = {"adapter", "adaptformer", "lora", "vpt_shallow", "vpt_deep"}
+PROMPTS = {"vpt_shallow", "vpt_deep"}
 
 
 def _supported(method: str, family: str) -> bool:
-    return family != "cnn" or method not in TRANSFORMER_ONLY
+    family = FAMILY_OF.get(family, family)
+    if family == "cnn":
+        return method not in TRANSFORMER_ONLY
+    return family != "sam" or method not in PROMPTS
 
 
 @pytest.mark.parametrize(("method", "family"), CASES, ids=[f"{m}-{f}" for m, f in CASES])
@@ -30,7 +35,7 @@ def test_method_on_family(method, family, tmp_path):
         with pytest.raises(MedtuneInputError) as err:
             seeded_build(cfg)
         msg = str(err.value)
-        assert f"'{method}' does not support {family}" in msg
+        assert f"'{method}' does not support {FAMILY_OF.get(family, family)}" in msg
         assert len(msg.split(":", 1)[1]) > 20, "the error must say why"
         return
 

@@ -110,8 +110,20 @@ def test_wrong_channels_and_slice_size_are_clear(make_model):
     model = make_model("vit", "head").eval()
     with pytest.raises(MedtuneInputError, match="expected 4 channels, found 1"):
         model(torch.randn(1, 1, 4, 64, 64))
-    with pytest.raises(MedtuneInputError, match="not divisible by 8"):
-        model(torch.randn(1, 4, 4, 60, 64))
+    cnn = make_model("cnn", "head").eval()
+    with pytest.raises(MedtuneInputError, match="not divisible by 32"):
+        cnn(torch.randn(1, 4, 4, 60, 64))
+
+
+def test_vit_pads_slices_to_the_patch_and_crops_the_logits_back(make_model):
+    model = make_model("vit", "med_adapter").eval()
+    x = torch.randn(1, 4, 4, 60, 64)
+    with torch.no_grad():
+        out = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, 0, 0, 4)))
+    assert out.shape == (1, 3, 4, 60, 64)
+    # zero padding at the bottom to 64 rows: the same computation, cropped back
+    assert torch.allclose(out, padded[..., :60, :], atol=1e-5)
 
 
 def test_logits_not_softmax(make_model):

@@ -59,3 +59,81 @@ def microsoft_swin_layout(model: torch.nn.Module, num_classes: int = 1000) -> di
     ms["head.weight"] = torch.randn(num_classes, model.num_features)
     ms["head.bias"] = torch.randn(num_classes)
     return {"model": ms}
+
+
+def moco_v3_layout(model: torch.nn.Module) -> dict:
+    """A timm ViT (class token) as MoCo v3's released `.pth.tar` stores it: `state_dict` with the
+    ViT under `module.base_encoder.` (with its projection MLP `head`), the momentum encoder under
+    `module.momentum_encoder.` and the predictor under `module.predictor.`."""
+    sd = {}
+    dim = model.embed_dim
+    for k, v in model.state_dict().items():
+        sd[f"module.base_encoder.{k}"] = v
+        sd[f"module.momentum_encoder.{k}"] = v.clone()
+    for enc in ("base_encoder", "momentum_encoder"):
+        sd[f"module.{enc}.head.0.weight"] = torch.randn(32, dim)
+        sd[f"module.{enc}.head.1.weight"] = torch.ones(32)
+    sd["module.predictor.0.weight"] = torch.randn(32, 32)
+    return {"epoch": 300, "arch": "vit_base", "state_dict": sd, "optimizer": {"state": {}}}
+
+
+def open_clip_layout(model: torch.nn.Module) -> dict:
+    """A timm CLIP ViT (pre-norm, class token, no patch bias) in open_clip's / OpenAI's state-dict
+    naming (`visual.*`), with a small text tower beside it."""
+    names = [
+        ("patch_embed.proj", "conv1"),
+        ("norm_pre", "ln_pre"),
+        ("blocks.", "transformer.resblocks."),
+        ("norm1", "ln_1"),
+        ("norm2", "ln_2"),
+        ("attn.qkv.", "attn.in_proj_"),
+        ("attn.proj", "attn.out_proj"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    ]
+    out = {}
+    for k, v in model.state_dict().items():
+        if k == "cls_token":
+            out["visual.class_embedding"] = v[0, 0]
+            continue
+        if k == "pos_embed":
+            out["visual.positional_embedding"] = v[0]
+            continue
+        if k.startswith("norm."):
+            out["visual.ln_post." + k[5:]] = v
+            continue
+        for a, b in names:
+            k = k.replace(a, b)
+        out["visual." + k] = v
+    out["visual.proj"] = torch.randn(model.embed_dim, 16)
+    out["token_embedding.weight"] = torch.randn(100, 16)
+    out["positional_embedding"] = torch.randn(8, 16)
+    out["ln_final.weight"] = torch.ones(16)
+    out["text_projection"] = torch.randn(16, 16)
+    out["logit_scale"] = torch.tensor(4.6)
+    return out
+
+
+def sam_release_layout(model: torch.nn.Module) -> dict:
+    """A timm SAM ViT as Meta's `sam_vit_b_01ec64.pth` stores it: the encoder under
+    `image_encoder.` (MLP layers `lin1`/`lin2`, the neck included) beside the prompt encoder and
+    mask decoder."""
+    out = {}
+    for k, v in model.state_dict().items():
+        out["image_encoder." + k.replace("mlp.fc", "mlp.lin")] = v
+    out["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(2, 16)
+    out["mask_decoder.iou_token.weight"] = torch.randn(1, 32)
+    return out
+
+
+def dinov2_release_layout(model: torch.nn.Module) -> dict:
+    """A timm DINOv2 ViT with registers (`no_embed_class`) as Meta's `dinov2_*_reg4_pretrain.pth`
+    stores it: `register_tokens`, a `mask_token`, and the class token's position in `pos_embed`
+    (zero here, so that timm's conversion gives the class token back)."""
+    sd = dict(model.state_dict())
+    out = {k: v for k, v in sd.items() if k not in ("reg_token", "pos_embed")}
+    out["register_tokens"] = sd["reg_token"]
+    pos = sd["pos_embed"]
+    out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    out["mask_token"] = torch.zeros(1, model.embed_dim)
+    return out

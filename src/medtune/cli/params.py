@@ -24,13 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _count(path: Path) -> tuple[str, object]:
+    import torch
+
     from medtune.modeling.model import build_model
     from medtune.modeling.params import count_parameters
     from medtune.training.config import load_config
 
     cfg = load_config(path)
     try:
-        model = build_model(cfg.model, load_weights=False)
+        with torch.device("meta"):  # shapes only: the counts without allocating or initialising
+            model = build_model(cfg.model, load_weights=False)
     except MedtuneInputError as exc:
         raise MedtuneInputError(f"{path}: {exc}") from exc
     return cfg.model.method["name"], count_parameters(model)

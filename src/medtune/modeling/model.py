@@ -2,6 +2,7 @@
 method's inserted modules) and the 2D decoder, unfold the logits into a volume.
 
     volume (B, C, D, H, W) -> fold_slices -> (B*D, C, H, W)
+      -> zero-padded to a multiple of the patch where a family needs it (cropped back at the end)
       -> backbone blocks, each followed by its inserted module (mixing across slices)
       -> multi-scale features [(B*D, C_i, H/s_i, W/s_i)]
       -> decoder -> (B*D, K, H, W) -> unfold_slices -> logits (B, K, D, H, W)
@@ -75,9 +76,14 @@ class SegModel(nn.Module):
         ctx = SliceContext(batch=b, depth=d)
         if not self.backbone.folds_slices:  # a native 3D family: volumes in, volumes out
             return self.decoder(self.backbone(x, ctx), (d, h, w))
-        feats = self.backbone(fold_slices(x), ctx)
-        logits = self.decoder(feats, (h, w))  # (B*D, K, H, W)
-        return unfold_slices(logits, b)
+        slices = self.backbone.pad_slices(fold_slices(x))  # (B*D, C, H', W'), H' >= H
+        feats = self.backbone(slices, ctx)
+        size = tuple(slices.shape[-2:])
+        if getattr(self.decoder, "uses_input", False):  # e.g. UNETR's skip from the input
+            logits = self.decoder(feats, size, slices)
+        else:
+            logits = self.decoder(feats, size)
+        return unfold_slices(logits[..., :h, :w], b)  # crop the padding back: (B, K, D, H, W)
 
     def train(self, mode: bool = True) -> SegModel:
         """Like `nn.Module.train`, but frozen BatchNorm layers stay in eval mode."""
@@ -112,6 +118,8 @@ def build_model(
             lines += [f"decoder init: {c}" for c in decoder.init_from_encoder(stages)]
         if report is not None:
             report.extend(lines)
+    elif report is not None:
+        report.extend(backbone.notes)  # what the family changed (e.g. padding), weights or not
     method.apply(model)
     model.train()
     return model

@@ -19,7 +19,11 @@
   `(B*D, C, H, W)` slices before the backbone and unfolds the logits after the decoder; a
   native 3D family (`VolumeBackbone`) sets it False and takes the volume `(B, C, D, H, W)` as
   it is (its decoder returns `(B, K, D, H, W)`). `offers()` adds the derived capability
-  `slices` to the 2D families, so methods built for slices can require it.
+  `slices` to the 2D families, so methods built for slices can require it;
+- which timm models it runs (`timm_modules`, `timm_classes`), the timm keyword arguments it
+  builds them with (`build_kwargs`), how a checkpoint in the source's layout is fitted to it
+  (`fit_state_dict`, by default the timm module's own `checkpoint_filter_fn`), and `notes`
+  (what the family changed, e.g. padding; said in the load report).
 
 Methods insert modules in two places that every family calls in its forward pass:
 `post_block[str(i)]` (called after block `i` on a channels-last grid `(N, h, w, C)`) and
@@ -35,10 +39,12 @@ unfolds slices into a volume (`grid_to_volume`) sees the stage's volume `(B, C, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medtune.core.errors import MedtuneInputError
@@ -94,6 +100,19 @@ class Backbone(nn.Module):
     """The decoder `decoder.name: auto` picks for this family."""
     folds_slices: ClassVar[bool] = True
     """True: runs over slices `(B*D, C, H, W)`; False: over volumes `(B, C, D, H, W)`."""
+    timm_modules: ClassVar[tuple[str, ...]] = ()
+    """timm model modules whose models this family runs (`timm.list_models(module=...)`)."""
+    timm_classes: ClassVar[tuple[str, ...]] = ()
+    """timm model classes this family wraps (any other class is refused)."""
+    capability_notes: ClassVar[dict[str, str]] = {}
+    """Why the family lacks a capability; added to a method's refusal."""
+    takes_img_size: ClassVar[bool] = False
+    """True: timm builds the model for one input size (`img_size`: position tables, masks)."""
+
+    @classmethod
+    def build_kwargs(cls, timm_name: str) -> dict[str, Any]:
+        """timm keyword arguments the family needs (a preset's and the config's override them)."""
+        return {}
 
     def __init__(
         self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int
@@ -113,6 +132,8 @@ class Backbone(nn.Module):
         self.post_block = nn.ModuleDict()
         self.insertion_points: list[InsertionPoint] = []
         self.feature_info: list[FeatureInfo] = []
+        self.notes: list[str] = []
+        """What the family changed about the timm model or its input (in the load report)."""
 
     def offers(self) -> frozenset[str]:
         """`capabilities`, plus `slices` when the family runs over the slices of the volume."""
@@ -159,17 +180,48 @@ class Backbone(nn.Module):
         """Extra per-family facts methods may need (e.g. the zero-state ratio of stage 0)."""
         return {}
 
+    def fit_state_dict(
+        self, sd: dict[str, torch.Tensor], report: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """A checkpoint in its source's layout -> this backbone's names and shapes.
+
+        Default: the `checkpoint_filter_fn` of the timm module that defines the model (timm's
+        own conversions of released layouts and its resizing), where timm has one.
+        """
+        module = sys.modules.get(type(self.model).__module__)
+        fn = getattr(module, "checkpoint_filter_fn", None)
+        return dict(fn(sd, self.model)) if fn is not None else sd
+
 
 class SliceBackbone(Backbone):
     """A 2D family run over the slices `(N, C, H, W)` of volumes, `N = B * D`."""
 
     folds_slices: ClassVar[bool] = True
 
+    pads_to_patch: ClassVar[bool] = False
+    """True: a slice size that is not a multiple of `size_divisor` is zero-padded to the next
+    multiple (`pad_slices`) and the model crops the logits back."""
+
     def forward(self, x: torch.Tensor, ctx: SliceContext | None = None) -> list[torch.Tensor]:
+        x = self.pad_slices(x)
         self.check_input(x)
         if ctx is None:
             ctx = SliceContext(batch=x.shape[0], depth=1)
         return self.forward_features(x, ctx)
+
+    def padded_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The slice size `(H', W')` the backbone runs at for slices of size `hw`."""
+        if not self.pads_to_patch:
+            return hw
+        div = self.size_divisor
+        return (-(-hw[0] // div) * div, -(-hw[1] // div) * div)
+
+    def pad_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Slices `(N, C, H, W)` -> `(N, C, H', W')`, zero-padded at the bottom and right."""
+        hh, ww = self.padded_size(tuple(x.shape[-2:]))
+        if (hh, ww) == tuple(x.shape[-2:]):
+            return x
+        return F.pad(x, (0, ww - x.shape[-1], 0, hh - x.shape[-2]))
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a one-line error when slices do not fit the backbone."""

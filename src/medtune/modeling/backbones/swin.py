@@ -20,7 +20,10 @@ class SwinSliceBackbone(SliceBackbone):
     """
 
     family = "swin"
+    timm_modules = ("swin_transformer",)
+    timm_classes = ("SwinTransformer",)
     capabilities = frozenset({"pre_block", "transformer_blocks", "window_attention"})
+    takes_img_size = True
     default_decoder = "swin_unet"
 
     def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
@@ -46,8 +49,41 @@ class SwinSliceBackbone(SliceBackbone):
         ]
         self.window_size = model.layers[0].blocks[0].window_size[0]
 
+    def fits(self, size: int) -> bool:
+        """True when square slices of `size` give every stage a grid its window divides (timm
+        shrinks a window to a smaller grid; a window that does not divide its grid would be
+        padded with tokens the pre-trained attention never saw)."""
+        if size % self.size_divisor:
+            return False
+        window = max(blk.window_size[0] for layer in self.model.layers for blk in layer.blocks)
+        for s in range(len(self.model.layers)):
+            grid = size // (self.patch_size * 2**s)
+            if grid % min(window, grid):
+                return False
+        return True
+
     def check_slice_size(self, hw: tuple[int, int]) -> None:
-        super().check_slice_size(hw)
+        if hw[0] != hw[1] or not self.fits(hw[0]):
+            div = self.size_divisor
+            near = [s for s in range(div, 8 * max(hw) + div, div) if self.fits(s)]
+            near = sorted(near, key=lambda s: abs(s - hw[0]))[:4]
+            grids = [hw[0] // (self.patch_size * 2**s) for s in range(len(self.model.layers))]
+            wins = [
+                w
+                for w in range(self.window_size - 1, 1, -1)
+                if all(g % min(w, g) == 0 for g in grids)
+            ]
+            alt = (
+                f", or backbone.timm_kwargs.window_size: {wins[0]}"
+                if wins and hw[0] == hw[1]
+                else ""
+            )
+            raise MedtuneInputError(
+                f"backbone {self.timm_name}: slice size {hw[0]}x{hw[1]} does not fit its windows "
+                f"(window {self.window_size}, patch {self.patch_size}, {len(self.model.layers)} stages: "
+                f"each stage's grid must be a multiple of the window, or smaller than it); square "
+                f"sizes that would work: {', '.join(str(s) for s in sorted(near))}{alt}"
+            )
         if hw != (self.img_size, self.img_size):
             raise MedtuneInputError(
                 f"backbone {self.timm_name}: built for {self.img_size}x{self.img_size} slices "

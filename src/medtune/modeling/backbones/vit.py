@@ -1,6 +1,14 @@
-"""timm Vision Transformers run over slices (no class token; tokens form an `h x w` grid)."""
+"""timm Vision Transformers run over slices: tokens form an `h x w` patch grid, after the
+model's prefix tokens (class token, register tokens) and any prompt tokens a method adds.
+
+Prefix tokens run through the frozen blocks with the grid; inserted `post_block` modules see
+the grid only (they mix across slices on the patch grid), and the prefix tokens are put back
+in front of the grid before the next block.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,65 +26,91 @@ def vit_feature_blocks(depth: int, n_levels: int = 4) -> list[int]:
     return [round(depth * (k + 1) / n_levels) - 1 for k in range(n_levels)]
 
 
-class ViTSliceBackbone(SliceBackbone):
-    """A timm `VisionTransformer` (class_token=False) over slices.
+def plain_vit_points(depth: int, dim: int, stride: int, feature_blocks: list[int]):
+    """Insertion points of a single-scale ViT: stages are the groups ending at `feature_blocks`."""
+    ends = set(feature_blocks)
+    points, stage = [], 0
+    for i in range(depth):
+        points.append(InsertionPoint(i, dim, stride, stage, i in ends))
+        if i in ends:
+            stage += 1
+    return points
 
-    Stages are the four equal groups of blocks; the stage ends (blocks 2, 5, 8, 11 of a ViT-B)
-    give the features `(N, C, H/p, W/p)`. The final LayerNorm is applied after the last block's
-    inserted module, before the last feature is taken (as the Med-Tuning release does).
+
+class ViTSliceBackbone(SliceBackbone):
+    """A timm `VisionTransformer` over slices.
+
+    Stages are four equal groups of blocks; the stage ends (blocks 2, 5, 8, 11 of a ViT-B)
+    give the features `(N, C, H/p, W/p)`. The final LayerNorm is applied after the last
+    block's inserted module, before the last feature is taken (as the Med-Tuning release
+    does). Class and register tokens (`num_prefix_tokens`) stay in front of the grid; slices
+    whose size is not a multiple of the patch are zero-padded to the next multiple.
     """
 
     family = "vit"
+    timm_modules = ("vision_transformer",)
+    timm_classes = ("VisionTransformer",)
     capabilities = frozenset({"pre_block", "transformer_blocks", "prompt_tokens"})
+    takes_img_size = True
     default_decoder = "upernet"
+    pads_to_patch = True
+
+    @classmethod
+    def build_kwargs(cls, timm_name: str) -> dict[str, Any]:
+        return {"global_pool": "", "dynamic_img_size": True}
 
     def __init__(self, model: nn.Module, name: str, timm_name: str, in_chans: int, img_size: int):
         super().__init__(model, name, timm_name, in_chans, img_size)
-        if (
-            getattr(model, "cls_token", None) is not None
-            or getattr(model, "reg_token", None) is not None
-        ):
+        if getattr(model, "attn_pool", None) is not None:
             raise ValueError(
-                f"{timm_name}: medtune's ViT family expects class_token=False and no register tokens"
+                f"{timm_name}: attention-pool heads are not supported (set global_pool='')"
             )
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        """Class / register tokens the model keeps in front of the patch grid."""
         depth = len(model.blocks)
         dim = model.embed_dim
-        self.patch_size = model.patch_embed.patch_size[0]
         self.feature_blocks = vit_feature_blocks(depth)
-        ends = set(self.feature_blocks)
-        stage = 0
-        for i in range(depth):
-            self.insertion_points.append(InsertionPoint(i, dim, self.patch_size, stage, i in ends))
-            if i in ends:
-                stage += 1
-        self.feature_info = [FeatureInfo(dim, self.patch_size) for _ in self.feature_blocks]
+        self.insertion_points = plain_vit_points(depth, dim, self.patch_size, self.feature_blocks)
+        heads = getattr(model.blocks[0].attn, "num_heads", None)
+        self.feature_info = [FeatureInfo(dim, self.patch_size, heads) for _ in self.feature_blocks]
 
     @property
     def size_divisor(self) -> int:
         return self.patch_size
 
+    # --- the family's token layout ----------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Slices `(N, C, H, W)` -> tokens `(N, prefix + h*w, C)` and what blocks need besides."""
+        m = self.model
+        x = m.patch_embed(x)  # (N, h, w, C) with dynamic_img_size, else (N, L, C)
+        x = m._pos_embed(x)  # prefix tokens in front, position embedding added
+        x = m.patch_drop(x)
+        return m.norm_pre(x), None
+
+    def run_block(self, blk: nn.Module, x: torch.Tensor, front: int, extra: Any) -> torch.Tensor:
+        """One frozen block on tokens `(N, front + h*w, C)` (`front`: prefix + prompt tokens)."""
+        return blk(x)
+
     def forward_features(self, x: torch.Tensor, ctx: SliceContext) -> list[torch.Tensor]:
         m = self.model
         n, _, hh, ww = x.shape
         h, w = hh // self.patch_size, ww // self.patch_size
-        x = m.patch_embed(x)  # (N, h, w, C) with dynamic_img_size, else (N, L, C)
-        x = m._pos_embed(x)  # (N, L, C)
-        x = m.patch_drop(x)
-        x = m.norm_pre(x)
+        x, extra = self.embed(x)
         feats = []
         last = len(m.blocks) - 1
         for i, blk in enumerate(m.blocks):
             x = self.run_pre(i, x, ctx)
-            x = blk(x)
-            extra = x.shape[1] - h * w  # prompt tokens in front of the grid, if a method added any
-            grid = x[:, extra:].reshape(n, h, w, -1)
+            front = x.shape[1] - h * w  # prefix tokens and any prompt tokens a method added
+            x = self.run_block(blk, x, front, extra)
+            grid = x[:, front:].reshape(n, h, w, -1)
             grid = self.run_post(i, grid, ctx)
             if i == last:
                 grid = m.norm(grid)
             if i in self.feature_blocks:
                 feats.append(grid.permute(0, 3, 1, 2))
             tokens = grid.reshape(n, h * w, -1)
-            x = torch.cat([x[:, :extra], tokens], dim=1) if extra else tokens
+            x = torch.cat([x[:, :front], tokens], dim=1) if front else tokens
         return feats
 
     def transformer_blocks(self) -> list[nn.Module]:

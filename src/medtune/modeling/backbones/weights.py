@@ -42,7 +42,12 @@ RESIZERS = {
     "relative_position_bias_table": "timm resize_rel_pos_bias_table",
     "pos_embed": "timm resample_abs_pos_embed",
     "patch_embed.proj.weight": "timm resample_patch_embed",
+    "rel_pos_h": "linear, as SAM's get_rel_pos",
+    "rel_pos_w": "linear, as SAM's get_rel_pos",
 }
+MOCO_PREFIXES = ("module.base_encoder.", "base_encoder.")
+"""MoCo v3's released checkpoints: the ViT under `module.base_encoder.` (timm's loader strips
+`module.`), beside the momentum encoder and the predictor."""
 HUB_HOST = "huggingface.co"
 
 
@@ -169,6 +174,22 @@ def _npz_state_dict(
     return source.state_dict()
 
 
+def _refuse_torchscript(path: Path) -> None:
+    """Refuse a TorchScript archive (OpenAI's CLIP `.pt` files): it holds code, not a state dict."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        raise MedtuneInputError(
+            f"backbone weights file {path} is a TorchScript program (code, not tensors; OpenAI's "
+            "CLIP .pt files are), which medtune does not run; use a state dict: open_clip's "
+            "open_clip_pytorch_model.bin or timm's model.safetensors of the same model"
+        )
+
+
 def read_state_dict(
     source: str, backbone: SliceBackbone, source_kwargs: dict
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -186,10 +207,11 @@ def read_state_dict(
         raise MedtuneInputError(f"backbone weights file {path} does not exist")
     if path.suffix == ".npz":
         return _npz_state_dict(path, backbone, source_kwargs), f"file {path}"
-    if path.suffix not in (".pth", ".pt", ".bin", ".safetensors", ".ckpt"):
+    if path.suffix not in (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar"):
         raise MedtuneInputError(
-            f"backbone weights file {path}: expected .pth, .pt, .bin, .safetensors or .npz"
+            f"backbone weights file {path}: expected .pth, .pt, .bin, .tar, .safetensors or .npz"
         )
+    _refuse_torchscript(path)
     try:
         sd = timm_load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # unpickling refused, truncated file, not a checkpoint
@@ -284,12 +306,41 @@ def _report_unused(unused: dict[str, torch.Tensor], model: torch.nn.Module) -> l
     return lines
 
 
+def _source_layout(
+    sd: dict[str, torch.Tensor], model: torch.nn.Module, report: list[str]
+) -> dict[str, torch.Tensor]:
+    """Unwrap released layouts before the family's fit, so that resizes are reported under
+    timm's names: MoCo v3 (the ViT under `module.base_encoder.`, which timm does not know);
+    CLIP's open_clip / OpenAI state dicts (`visual.*`, renamed by timm's own CLIP conversion;
+    the text tower is left out)."""
+    prefix = next((p for p in MOCO_PREFIXES if any(k.startswith(p) for k in sd)), None)
+    if prefix is not None:
+        enc = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        report.append(
+            f"MoCo v3 layout: took the base encoder ({len(enc)} tensors under {prefix}); "
+            f"the momentum encoder and predictor ({len(sd) - len(enc)} tensors) are left out"
+        )
+        return enc
+    for visual in ("visual.", "module.visual."):
+        if f"{visual}class_embedding" in sd:
+            from timm.models.vision_transformer import _convert_openai_clip
+
+            text = sum(not k.startswith(visual) for k in sd)
+            report.append(
+                f"CLIP layout (open_clip / OpenAI state dict): took the image tower ({visual}*); "
+                f"the text tower ({text} tensors) is left out"
+            )
+            return _convert_openai_clip(sd, model, prefix=visual)
+    return sd
+
+
 def _fit_to_backbone(
     sd: dict[str, torch.Tensor], backbone: SliceBackbone, preset, where: str, report: list[str]
 ) -> dict[str, torch.Tensor]:
     """Convert a timm-family state dict to the slice backbone's shapes (see module docstring)."""
     model = backbone.model
     sd = dict(sd.get("model", sd.get("state_dict", sd)))
+    sd = _source_layout(sd, model, report)
     if backbone.family == "swin":
         sd = _swin_to_timm_layout(sd, backbone, preset, where, report)
     before = {k: tuple(v.shape) for k, v in sd.items()}
@@ -308,6 +359,8 @@ def _fit_to_backbone(
         sd = checkpoint_filter_fn(sd, model)
     elif backbone.family == "swin":
         sd = _swin_fit_windows(sd, model)
+    else:  # the family's own conversion (by default its timm module's checkpoint filter)
+        sd = backbone.fit_state_dict(sd, report)
     conv = f"{backbone.input_conv_name()}.weight"
     if conv in sd and sd[conv].ndim == 4 and sd[conv].shape[1] != backbone.in_chans:
         n_in = sd[conv].shape[1]
@@ -315,8 +368,11 @@ def _fit_to_backbone(
         report.append(
             f"adapted input conv {conv} from {n_in} to {backbone.in_chans} channels (timm adapt_input_conv)"
         )
+    said = {r.split()[1] for r in report if r.startswith("resized ")}  # by the family's fit
     resized = [
-        k for k, v in sd.items() if k in before and before[k] != tuple(v.shape) and k != conv
+        k
+        for k, v in sd.items()
+        if k in before and before[k] != tuple(v.shape) and k != conv and k not in said
     ]
     for k in resized:
         how = next((f for end, f in RESIZERS.items() if k.endswith(end)), "timm")
@@ -338,11 +394,12 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
     if source is True:
         if not preset.weights:
             raise MedtuneInputError(
-                f"backbone {cfg.name} has no default pre-trained weights; set backbone.pretrained to a file or false"
+                f"backbone {cfg.name} has no default pre-trained weights; "
+                + (preset.weights_note or "set backbone.pretrained to a file or false")
             )
         source = preset.weights
     sd, where = read_state_dict(str(source), backbone, {**preset.kwargs, **cfg.timm_kwargs})
-    report = [f"source: {where}"]
+    report = [f"source: {where}", *backbone.notes]
     sd = _fit_to_backbone(sd, backbone, preset, where, report)
     target = backbone.model.state_dict()
     mismatched = [
@@ -357,9 +414,11 @@ def load_backbone_weights(backbone: SliceBackbone, cfg) -> list[str]:
         )
     missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
+        unmatched = [k for k in sd if k not in target]
+        instead = f"; the checkpoint has instead: {', '.join(unmatched[:6])}" if unmatched else ""
         raise MedtuneInputError(
             f"{where}: {len(missing)} parameter(s) of {cfg.name} are missing from the checkpoint "
-            f"(they would stay randomly initialised): {', '.join(missing[:6])}"
+            f"(they would stay randomly initialised): {', '.join(missing[:6])}{instead}"
         )
     backbone.model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
     report += _report_unused({k: v for k, v in sd.items() if k not in target}, backbone.model)

@@ -18,9 +18,11 @@ from torch import nn
 from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
 from medtune.modeling.backbones.base import Backbone
+from medtune.modeling.decoders.setr import SETRMLADecoder, SETRNaiveDecoder, SETRPUPDecoder
 from medtune.modeling.decoders.swin_unet import SwinUNetDecoder
 from medtune.modeling.decoders.swin_unetr import SwinUNETRDecoder
 from medtune.modeling.decoders.unet import UNetDecoder
+from medtune.modeling.decoders.unetr import UNETRDecoder
 from medtune.modeling.decoders.upernet import UPerNetDecoder
 
 DECODERS: Registry = Registry("decoder")
@@ -33,8 +35,9 @@ class DecoderConfig:
     """Which decoder turns the backbone's features into per-slice logits."""
 
     name: str = "auto"
-    """`upernet`, `swin_unet`, `unet`, `swin_unetr` (native 3D), or `auto` (by backbone family:
-    ViT -> upernet, Swin -> swin_unet, CNN -> unet, Swin UNETR -> swin_unetr)."""
+    """`upernet`, `swin_unet`, `unet`, `setr_naive`, `setr_pup`, `setr_mla`, `unetr`,
+    `swin_unetr` (native 3D), or `auto` (the backbone's `default_decoder`: ViT -> upernet,
+    Swin -> swin_unet, CNN -> unet, Swin UNETR -> swin_unetr)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Decoder keyword options (e.g. `channels: 256` for UPerNet, `depth: 2` for Swin-UNet)."""
 
@@ -65,6 +68,30 @@ def _swin_unetr(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
 @DECODERS.register("unet")
 def _unet(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
     return UNetDecoder(backbone.feature_info, num_classes, **kw)
+
+
+# The paper's decoder study (Table 13): SETR's three decoders and a UNETR-style decoder.
+@DECODERS.register("setr_naive")
+def _setr_naive(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    return SETRNaiveDecoder(backbone.feature_info, num_classes, **kw)
+
+
+@DECODERS.register("setr_pup")
+def _setr_pup(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    return SETRPUPDecoder(backbone.feature_info, num_classes, **kw)
+
+
+@DECODERS.register("setr_mla")
+def _setr_mla(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    return SETRMLADecoder(backbone.feature_info, num_classes, **kw)
+
+
+@DECODERS.register("unetr")
+def _unetr(backbone: Backbone, num_classes: int, **kw: Any) -> nn.Module:
+    try:
+        return UNETRDecoder(backbone.feature_info, num_classes, backbone.in_chans, **kw)
+    except ValueError as exc:
+        raise MedtuneInputError(f"decoder unetr on {backbone.name}: {exc}") from exc
 
 
 def list_decoders() -> list[str]:

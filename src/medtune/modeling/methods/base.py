@@ -71,6 +71,9 @@ class TuningMethod:
             missing = [" or ".join(sorted(self.requires_any))]
         if missing:
             why = f": {self.unsupported_reason}" if self.unsupported_reason else ""
+            notes = getattr(backbone, "capability_notes", {})
+            lacking = sorted((self.requires | self.requires_any) - have)
+            why += "".join(f"; {backbone.name}: {notes[c]}" for c in lacking if c in notes)
             raise MedtuneInputError(
                 f"method '{self.name}' does not support {backbone.family} backbones "
                 f"({backbone.name} has no {', '.join(missing)}){why}"

@@ -22,8 +22,8 @@ class VisualPromptTuning(TuningMethod):
     requires_any = frozenset({"prompt_tokens", "window_attention"})
     wrapper_segments = ("wrapped",)
     unsupported_reason = (
-        "prompt tokens need a token sequence (ViT) or window attention (Swin) to join; a CNN "
-        "has neither (use st_adapter, pro_tuning or med_adapter)"
+        "prompt tokens need a token sequence (ViT) or Swin's window attention to join "
+        "(use st_adapter, pro_tuning or med_adapter)"
     )
     deep: ClassVar[bool] = False
 
