@@ -17,6 +17,7 @@ mixes over the stage's own depth `D'`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -147,9 +148,13 @@ class SwinUNETRBackbone(VolumeBackbone):
                 f"{PATCH} x 4 patch mergings of Swin UNETR); use {max(div, cfg.img_size // div * div)} "
                 f"or {cfg.img_size // div * div + div}"
             )
-        model = SwinTransformer(
-            in_chans=cfg.in_chans, patch_size=(PATCH,) * 3, spatial_dims=3, **kwargs
-        )
+        # MONAI's constructor reads its drop-path rates with .item(), which a meta-device build
+        # (`medtune params`) cannot do: the encoder is then built on the CPU (0.3 s, ~30 MB).
+        on_meta = torch.empty(0).device.type == "meta"
+        with torch.device("cpu") if on_meta else contextlib.nullcontext():
+            model = SwinTransformer(
+                in_chans=cfg.in_chans, patch_size=(PATCH,) * 3, spatial_dims=3, **kwargs
+            )
         return cls(model, cfg.name, cfg.in_chans, cfg.img_size, normalize)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
