@@ -67,3 +67,12 @@ def test_params_bad_config_is_one_line_exit_2(tmp_path, capsys):
     bad.write_text("model:\n  method: {name: nothing}\n")
     assert main(["params", "--config", str(bad)]) == 2
     assert "unknown tuning method 'nothing'; known:" in capsys.readouterr().err
+
+
+def test_params_all_prints_paths_as_given(capsys):
+    assert main(["params", "--all", "configs/ablations", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["config"].startswith("configs/ablations/") for r in rows)
+    assert main(["params", "--all", "configs/ablations/"]) == 0
+    table = capsys.readouterr().out
+    assert "| configs/ablations/swin_t_unet/alpha2.yaml |" in table

@@ -39,5 +39,7 @@ def test_lora_merge_equals_unmerged(family, tmp_path):
 
 
 def test_lora_rejects_unknown_target():
-    with pytest.raises(MedtuneInputError, match="lora.targets"):
+    with pytest.raises(
+        MedtuneInputError, match="model.method.targets: expected a list of values among qkv, proj"
+    ):
         tiny_config("vit", "lora", targets=["fc1"])

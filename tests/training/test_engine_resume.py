@@ -8,6 +8,8 @@ deterministic mode).
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +181,68 @@ def test_finished_run_of_every_family_extends_by_one_epoch(engine_data, tmp_path
     after = _tensors(out, "adapter_last")
     assert sorted(after) == sorted(before)
     assert any(not torch.equal(after[k], before[k]) for k in after)  # epoch 2 trained
+
+
+# --- SIGTERM / SIGINT: a real signal, sent by the training process to itself after n steps ---
+
+SIGNAL_SCRIPT = """
+import os, signal, sys
+import lightning.pytorch as pl
+import medtune.training.run as run
+from medtune.cli import main
+
+cfg_path, out, signame, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+class SendSignal(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == n:  # n steps done; the signal arrives as step n+1 starts
+            os.kill(os.getpid(), getattr(signal, signame))
+
+train_run = run.train_run
+run.train_run = lambda cfg, out, resume=False, callbacks=None: train_run(
+    cfg, out, resume, [SendSignal()]
+)
+sys.exit(main(["train", "--config", cfg_path, "--out", out]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_mid_epoch_checkpoints_says_how_to_resume_and_resumes(
+    reference, make_config, tmp_path, signame, code, capsys
+):
+    from medtune.cli import main
+
+    ref, ref_summary = reference
+    cfg_path, _ = make_config(**RESUME)
+    script = tmp_path / "signalled.py"
+    script.write_text(textwrap.dedent(SIGNAL_SCRIPT))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(cfg_path), str(out), signame, "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == code, proc.stdout + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"medtune train: stopped by {signame} at step 5;"), last
+    assert (
+        f"the trainer state of step 5 is saved; continue with: medtune train --resume {out}" in last
+    )
+    assert "trained" not in proc.stdout  # no summary line: the run did not finish
+    # Step 5 (mid-epoch 2, not a periodic save: those are 2, 3, 4, 6) was written at the stop.
+    assert _ckpt_step(out) == 5
+    assert not (out / "train_summary.json").exists() and not list(out.rglob(".tmp-*"))
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "trained 2 epoch(s), 6 steps" in capsys.readouterr().out
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] and summary["resumed_from_step"] == 5
+    _assert_same(_tensors(out, "adapter_last"), _tensors(ref, "adapter_last"))
+    _assert_same(_tensors(out, "adapter"), _tensors(ref, "adapter"))
+    assert summary["history"] == ref_summary["history"]
+    # the log holds every step once: 0..5 from the stopped run, then 5.. from the resumed one
+    with open(out / "logs" / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert steps == list(range(6))

@@ -83,6 +83,24 @@ class RunDir:
         """True when the folder holds a run's config."""
         return self.config.is_file()
 
+    def check_start(self, resume: bool) -> None:
+        """Refuse to start a new run in a non-empty folder, or to resume a folder that holds no
+        run; writes nothing (the command line calls it before loading the heavy modules)."""
+        if resume:
+            if not self.is_run():
+                raise MedtuneInputError(
+                    f"--resume {self.path}: expected a run directory with {CONFIG_FILE}, found none"
+                )
+            self.format_version()
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise MedtuneInputError(f"--out {self.path}: expected a folder, found a file")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise MedtuneInputError(
+                f"--out {self.path}: the folder exists and is not empty; continue it with "
+                f"--resume {self.path} or choose another --out"
+            )
+
     def format_version(self) -> int:
         """The run's format (1 for runs written before `run.json` existed)."""
         if not self.run_file.is_file():

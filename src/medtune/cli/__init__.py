@@ -9,11 +9,12 @@ value), 1 on anything else.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from medtune import __version__
-from medtune.core.errors import MedtuneInputError
+from medtune.core.errors import MedtuneInputError, TrainingInterrupted
 
 COMMAND_MODULES = [
     "medtune.cli.params",
@@ -50,12 +51,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except MedtuneInputError as exc:
-        print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"medtune {args.command}: error: {exc}")
         return 2
+    except TrainingInterrupted as exc:
+        if exc.show:
+            _say(f"medtune {args.command}: {exc}")
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say(f"medtune {args.command}: interrupted")
+        return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        _say(f"medtune {args.command}: error: {exc.strerror}{where}")
         return 1
     return int(code or 0)
+
+
+def _say(line: str) -> None:
+    """Print one line on stderr, first closing progress bars still open there (so that the line
+    does not land on a bar's line)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+    print(line, file=sys.stderr, flush=True)
 
 
 def entry() -> None:  # pragma: no cover - console script shim

@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "params",
         help="parameter counts (total, tuned, inserted) of a config, built without weights",
-        description="Build the model of a config with random initialisation (nothing is downloaded or "
-        "read) and print its total, tuned and inserted parameter counts.",
+        description="Build the model of a config without weights (on PyTorch's meta device: "
+        "nothing is allocated, downloaded or read) and print its total, tuned and inserted "
+        "parameter counts.",
     )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", type=Path, help="one config YAML")
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _count(path: Path) -> tuple[str, object]:
+    """(method name, parameter counts) of a config; the model is built on the meta device
+    (shapes only: no memory, no random initialisation, nothing read or downloaded)."""
     import torch
 
     from medtune.modeling.model import build_model

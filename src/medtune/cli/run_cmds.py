@@ -9,6 +9,7 @@ The summary line goes to stdout; progress bars and notes go to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,12 @@ def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from medtune.training.config import load_config
-    from medtune.training.run import is_global_zero, load_run_config, summary_line, train_run
+def _check_arguments(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """Check the arguments and files that need no heavy imports (torch, Lightning, timm take
+    seconds to load): the config file, --data, --out / --resume."""
+    from medtune.artifacts.run_dir import RunDir
+    from medtune.core.configbase import load_yaml
 
-    overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
-    if args.data is not None:
-        overrides["data.root"] = str(args.data)
-    if args.fold is not None:
-        overrides["data.fold"] = args.fold
     if args.resume is not None:
         if args.config is not None:
             raise MedtuneInputError(
@@ -92,11 +90,49 @@ def run_train(args: argparse.Namespace) -> int:
             raise MedtuneInputError(
                 f"--out {args.out} with --resume {args.resume}: a resumed run writes into RUN_DIR"
             )
-        cfg = load_run_config(args.resume, overrides)
-        summary = train_run(cfg, args.resume, resume=True)
+        out = args.resume
     else:
         if args.config is None:
             raise MedtuneInputError("--config CFG is required (or --resume RUN_DIR)")
+        raw = load_yaml(args.config)
+        name = overrides.get("name", raw.get("name"))
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        fold = overrides.get("data.fold", data.get("fold", 0))
+        out = args.out or _default_out(
+            name if isinstance(name, str) else "", args.config, fold if isinstance(fold, int) else 0
+        )
+    if args.data is not None and not args.data.is_dir():
+        raise MedtuneInputError(
+            f"--data {args.data}: expected a dataset folder, found no such folder"
+        )
+    if _launched_rank() == 0:  # the other processes of a DDP run find rank 0's folder
+        RunDir(out).check_start(resume=args.resume is not None)
+
+
+def _launched_rank() -> int:
+    """This process's rank from the launcher's environment (the variables Lightning reads)."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key, "")
+        if value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
+    if args.data is not None:
+        overrides["data.root"] = str(args.data)
+    if args.fold is not None:
+        overrides["data.fold"] = args.fold
+    _check_arguments(args, overrides)
+
+    from medtune.training.config import load_config
+    from medtune.training.run import is_global_zero, load_run_config, summary_line, train_run
+
+    if args.resume is not None:
+        cfg = load_run_config(args.resume, overrides)
+        summary = train_run(cfg, args.resume, resume=True)
+    else:
         cfg = load_config(args.config, overrides)
         out = args.out or _default_out(cfg.name, args.config, cfg.data.fold)
         summary = train_run(cfg, out, resume=False)

@@ -214,21 +214,49 @@ def _props(adapter_dir: Path, extra: dict[str, Any], run_cfg) -> DatasetProps:
     )
 
 
-def _build_model(adapter_dir: Path, config: dict[str, Any], seed: int) -> torch.nn.Module:
+def _backbone_changes(config: dict[str, Any]) -> list[str]:
+    """How the config's `model.backbone` differs from the backbone recorded at training."""
+    recorded = config.get("backbone") or {}
+    built = (config.get("model") or {}).get("backbone") or {}
+    return [
+        f"model.backbone.{key} is {built[key]!r}, the adapter was trained with {recorded[key]!r}"
+        for key in ("name", "in_chans", "img_size")
+        if key in recorded and key in built and built[key] != recorded[key]
+    ]
+
+
+def _build_model(
+    adapter_dir: Path, config: dict[str, Any], seed: int, seed_from: str | None
+) -> torch.nn.Module:
+    """The adapter's model, its frozen backbone rebuilt with `seed` when it was randomly
+    initialised; `seed_from` says where the seed was found (None: nowhere, 0 is used)."""
     from medtune.artifacts.adapters import load_adapter
 
     whole = bool(config.get("whole_model"))
     backbone = (config.get("model") or {}).get("backbone") or {}
+    where = adapter_dir / CONFIG_NAME
     try:
         with _seeded(seed):
             return load_adapter(adapter_dir, load_backbone_weights=not whole)
     except BackboneMismatchError as exc:
+        changes = _backbone_changes(config)
+        if changes:
+            raise MedtuneInputError(
+                f"{where}: the backbone differs from the one the adapter was trained on: "
+                + "; ".join(changes)
+            ) from exc
         if backbone.get("pretrained"):
             raise
+        if seed_from is None:
+            raise MedtuneInputError(
+                f"{where}: the adapter's backbone was randomly initialised (pretrained: false) "
+                f"and rebuilding it with seed {seed} gives other weights; expected the run "
+                "directory (its config.yaml names the seed) or an adapter whose extra has 'seed'"
+            ) from exc
         raise MedtuneInputError(
-            f"{adapter_dir}: the adapter's backbone was randomly initialised (pretrained: "
-            f"false) and rebuilding it with seed {seed} gives other weights; expected the run "
-            "directory (its config.yaml names the seed) or an adapter whose extra has 'seed'"
+            f"{where}: the adapter's backbone was randomly initialised (pretrained: false); "
+            f"rebuilt with seed {seed} ({seed_from}) it has other frozen weights than in "
+            "training: model.backbone (e.g. timm_kwargs) or the seed changed since"
         ) from exc
 
 
@@ -275,13 +303,16 @@ def load_predictor(
     if overlap is None:
         overlap = run_cfg.train.sw_overlap if run_cfg else DEFAULT_OVERLAP
     seed = int(run_cfg.train.seed) if run_cfg else int(extra.get("seed", 0))
+    seed_from = (
+        f"train.seed of {run.config}" if run_cfg else ("extra['seed']" if "seed" in extra else None)
+    )
     num_classes = int((config.get("model") or {}).get("num_classes", 0))
     if num_classes != props.num_classes:
         raise MedtuneInputError(
             f"{adapter_dir / CONFIG_NAME}: the model has {num_classes} classes, its "
             f"dataset properties list {props.num_classes} labels {props.labels}"
         )
-    model = _build_model(adapter_dir, config, seed)
+    model = _build_model(adapter_dir, config, seed, seed_from)
     model.eval()
     model.to(dev)
     batch = sw_batch_size or extra.get("sw_batch_size")

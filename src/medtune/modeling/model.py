@@ -32,8 +32,8 @@ class ModelConfig:
     """The 2D backbone run over slices."""
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     """The per-slice decoder."""
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "med_adapter"})
-    """Tuning method: `{name: <method>, **options}` (see `medtune.modeling.methods.list_methods()`)."""
+    method: dict[str, Any] | str = field(default_factory=lambda: {"name": "med_adapter"})
+    """Tuning method: `{name: <method>, **options}` or a bare name (see `medtune.modeling.methods.list_methods()`)."""
     num_classes: int = 4
     """Output classes K, background included."""
 

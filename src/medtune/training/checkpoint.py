@@ -5,8 +5,10 @@
   always a complete checkpoint: a run killed while writing leaves the previous one intact (and
   a `.tmp-*` file that the next start removes).
 - `RunCheckpointer` writes `trainer_state/last.ckpt` every `checkpoint_every_n_steps`
-  optimiser steps and at the end of every epoch, `adapter_last/` at the end of every epoch, and
-  `adapter/` whenever validation finds a new best mean Dice.
+  optimiser steps, at the end of every epoch (after its validation) and, through
+  `medtune.training.interrupt.StopOnSignal`, at the step where SIGTERM / SIGINT stops the run;
+  `adapter_last/` at the end of every epoch, and `adapter/` whenever validation finds a new
+  best mean Dice. A failed write (e.g. a full disk) removes its temporary file or folder.
 - `write_adapter` writes an adapter folder under a temporary name and swaps it in.
 """
 
@@ -35,10 +37,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. a full disk: the previous checkpoint stays
+            raise
         self.before_rename(tmp, path)
         os.replace(tmp, path)
 
@@ -58,6 +64,12 @@ def clean_temporary(folder: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def clean_run_temporary(run: RunDir) -> None:
+    """`clean_temporary` in every folder of a run directory that medtune writes into."""
+    for folder in (run.path, run.state_dir, run.adapter, run.adapter_last, run.logs):
+        clean_temporary(folder)
+
+
 def write_adapter(
     model: SegModel,
     out: Path,
@@ -73,9 +85,13 @@ def write_adapter(
     old = out.with_name(f".tmp-old-{os.getpid()}-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_adapter(
-        model, tmp, model_config=model_config, extra=extra, backbone_sha256=backbone_sha256
-    )
+    try:
+        save_adapter(
+            model, tmp, model_config=model_config, extra=extra, backbone_sha256=backbone_sha256
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: the previous folder stays
+        raise
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -137,15 +153,22 @@ class RunCheckpointer(Checkpoint):
                 self.backbone_sha256(module.model),
             )
 
+    def save_mid_epoch(self, trainer: pl.Trainer, batch_idx: int) -> bool:
+        """Write the trainer state after batch `batch_idx` (from `on_train_batch_end`) where
+        that is a resumable step boundary; returns whether it was written."""
+        if trainer.global_step == self._last_step_saved:
+            return False
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return False  # mid-accumulation: gradients are not part of the checkpoint
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return False  # the end-of-epoch checkpoint follows
+        self.save_state(trainer)
+        return True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
-        if not n or trainer.global_step == self._last_step_saved or trainer.global_step % n:
-            return
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # mid-accumulation: gradients are not part of the checkpoint
-        if batch_idx + 1 >= trainer.num_training_batches:
-            return  # the end-of-epoch checkpoint follows
-        self.save_state(trainer)
+        if n and not trainer.global_step % n:
+            self.save_mid_epoch(trainer, batch_idx)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.save_adapter(pl_module, ADAPTER_LAST_DIR, trainer)

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medtune.core.configbase import apply_overrides, from_dict, load_yaml, to_dict
 from medtune.core.errors import MedtuneInputError
 from medtune.data.config import DataConfig
 from medtune.inference.sliding_window import DEFAULT_OVERLAP
 from medtune.modeling.model import ModelConfig
+
+Precision = Literal[
+    "auto",
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+]
+"""`auto` and Lightning's precision names."""
 
 
 @dataclass
@@ -32,11 +45,11 @@ class TrainConfig:
     """Use the AMSGrad variant of Adam (as the paper)."""
     warmup_epochs: int = 25
     """Linear warm-up epochs before cosine decay."""
-    loss: str = "dice"
+    loss: Literal["dice", "dice_ce"] = "dice"
     """`dice` (soft Dice on the softmax, summed over foreground classes) or `dice_ce`."""
     accumulate_grad_batches: int = 1
     """Gradient accumulation steps."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """Lightning precision; `auto`: bf16-mixed on CUDA, 32-true on CPU."""
     accelerator: str = "auto"
     """Lightning accelerator (cpu, gpu, auto)."""
@@ -74,8 +87,6 @@ class TrainConfig:
             raise MedtuneInputError(f"train.max_epochs: expected >= 1, found {self.max_epochs}")
         if self.lr <= 0:
             raise MedtuneInputError(f"train.lr: expected > 0, found {self.lr}")
-        if self.loss not in ("dice", "dice_ce"):
-            raise MedtuneInputError(f"train.loss: expected dice or dice_ce, found '{self.loss}'")
         if not 0 <= self.sw_overlap < 1:
             raise MedtuneInputError(
                 f"train.sw_overlap: expected in [0, 1), found {self.sw_overlap}"

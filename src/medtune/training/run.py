@@ -4,7 +4,9 @@ The folder's layout (config.yaml, adapter/, adapter_last/, trainer_state/last.ck
 train_summary.json, run.json) is `medtune.artifacts.run_dir`. The flow:
 
     config -> prepare_data (cache, dataset properties, fold) -> build_model (weights, method)
-      -> SegTrainModule + SegDataModule -> Lightning fit (resumable) -> final validation
+      -> SegTrainModule + SegDataModule -> Trainer (nothing is written before this point)
+      -> config.yaml -> Lightning fit (resumable; the last epoch validated inside it;
+         SIGTERM / SIGINT: checkpoint and `TrainingInterrupted`)
       -> adapter/ (best), adapter_last/, train_summary.json
 
 See docs/training.md for the resume guarantees.
@@ -12,6 +14,7 @@ See docs/training.md for the resume guarantees.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -25,18 +28,22 @@ import torch
 
 from medtune.artifacts.run_dir import RunDir
 from medtune.core.configbase import dump_yaml, to_dict
-from medtune.core.errors import MedtuneInputError
+from medtune.core.errors import DiskFullError, MedtuneInputError
+from medtune.data.io import save_json
 from medtune.data.props import DatasetProps
 from medtune.modeling.params import ParamCounts
 from medtune.training.checkpoint import (
     AtomicCheckpointIO,
     RunCheckpointer,
-    clean_temporary,
+    clean_run_temporary,
     write_adapter,
 )
 from medtune.training.config import ExperimentConfig, load_config
+from medtune.training.interrupt import StopOnSignal, checkpoint_progress
 from medtune.training.setup import (
     StderrProgressBar,
+    ValidationSchedule,
+    check_devices,
     convert_sync_bn,
     loggers,
     peak_memory,
@@ -141,22 +148,10 @@ class AdapterExtra:
         }
 
 
-def _start_run_dir(run: RunDir, resume: bool) -> None:
-    """Check and create the run directory; a new run never reuses an existing one."""
+def _open_run_dir(run: RunDir, resume: bool) -> None:
+    """Create the run directory (a resumed one: remove what a killed run left)."""
     if resume:
-        if not run.is_run():
-            raise MedtuneInputError(
-                f"--resume {run.path}: expected a run directory with {run.config.name}, found none"
-            )
-        run.format_version()
-        clean_temporary(run.state_dir)
-        clean_temporary(run.path)
-        return
-    if run.path.exists() and any(run.path.iterdir()):
-        raise MedtuneInputError(
-            f"--out {run.path}: the folder exists and is not empty; continue it with --resume "
-            f"{run.path} or choose another --out"
-        )
+        clean_run_temporary(run)
     run.path.mkdir(parents=True, exist_ok=True)
 
 
@@ -181,89 +176,164 @@ def train_run(
 ) -> dict[str, Any]:
     """Train `cfg` into run directory `out_dir` (see the module docstring); returns the summary.
 
-    With `resume`, continue from `out_dir/trainer_state/last.ckpt` (the last complete
-    checkpoint; a run killed before its first checkpoint starts over). Under DDP every process
+    Everything is checked first (run folder, devices, data, model build with its weights,
+    Lightning's settings): a failure there writes nothing into `out_dir`. With `resume`,
+    continue from `out_dir/trainer_state/last.ckpt` (the last complete checkpoint; a run
+    killed before its first checkpoint starts over). SIGTERM / SIGINT stop at the next step
+    boundary with a checkpoint and raise `TrainingInterrupted` (`medtune.training.interrupt`);
+    a full disk raises `DiskFullError` after removing temporary files. Under DDP every process
     calls this; only global rank 0 writes files. `callbacks` are extra Lightning callbacks.
     """
-    import lightning.pytorch as pl
-
-    from medtune.data.io import save_json
-    from medtune.modeling.model import build_model
-    from medtune.modeling.params import count_parameters
     from medtune.training.datamodule import SegDataModule
-    from medtune.training.module import SegTrainModule, effective_warmup_epochs
+    from medtune.training.module import effective_warmup_epochs
 
     started = time.time()
     run = RunDir(Path(out_dir).resolve())
+    tc = cfg.train
     if _rank() == 0:
-        _start_run_dir(run, resume)
+        run.check_start(resume)
+    check_devices(tc)
+    if resume:
+        _check_resumed_epochs(run, tc.max_epochs)
     data = prepare_data(cfg)
     cfg.data.root = str(Path(cfg.data.root).resolve())
     cfg.data.cache = str(data.cache.resolve())
     cfg.data.slice_axis = data.props.slice_axis  # `auto` as the cache resolved it
-    if _rank() == 0:
-        dump_yaml(to_dict(cfg), run.config)
-        if not resume or not run.run_file.is_file():
-            save_json(run.run_file_content(), run.run_file)
-    tc = cfg.train
     if effective_warmup_epochs(tc) != tc.warmup_epochs:
         _log(
             f"train.warmup_epochs {tc.warmup_epochs} >= max_epochs {tc.max_epochs}: "
             f"warm-up shortened to {effective_warmup_epochs(tc)} epoch(s)"
         )
+    module, counts = _build_module(cfg, data)
+    datamodule = SegDataModule(data.cache, data.train_ids, data.val_ids, cfg.data, tc)
+    ctx = RunContext(cfg, run, resume, data, counts, started, list(callbacks or []))
+    with warnings.catch_warnings():
+        quiet_lightning()
+        parts = _trainer(ctx)  # Lightning checks devices, strategy and precision here
+        try:
+            if _rank() == 0:
+                _open_run_dir(run, resume)
+                dump_yaml(to_dict(cfg), run.config)
+                if not resume or not run.run_file.is_file():
+                    save_json(run.run_file_content(), run.run_file)
+            return _fit(ctx, parts, module, datamodule)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or isinstance(exc, DiskFullError):
+                raise
+            clean_run_temporary(run)
+            raise DiskFullError(
+                f"--out {run.path}: no space left on device while writing "
+                f"{exc.filename or 'the run directory'} (temporary files removed); free space, "
+                f"then continue with: medtune train --resume {run.path}"
+            ) from exc
 
-    pl.seed_everything(tc.seed, workers=True, verbose=False)
+
+def _check_resumed_epochs(run: RunDir, max_epochs: int) -> None:
+    """A resume cannot end before the epoch its checkpoint has reached."""
+    progress = checkpoint_progress(run.path)
+    if progress and max_epochs < progress[0]:
+        raise MedtuneInputError(
+            f"train.max_epochs {max_epochs}: {run.last_ckpt} is in epoch {progress[0]}; "
+            f"expected at least {progress[0]} (more to extend the run)"
+        )
+
+
+def _build_module(cfg: ExperimentConfig, data: TrainingData):
+    """The seeded model (pre-trained weights loaded, method applied) in its Lightning module;
+    returns (module, parameter counts)."""
+    import lightning.pytorch as pl
+
+    from medtune.modeling.model import build_model
+    from medtune.modeling.params import count_parameters
+    from medtune.training.module import SegTrainModule
+
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     report: list[str] = []
     model = build_model(cfg.model, load_weights=True, report=report)
     model.backbone.check_crop(cfg.data.crop_size)
     for line in report:
         _log(f"weights: {line}")
     counts = count_parameters(model)
+    if counts.tuned == 0:
+        raise MedtuneInputError(
+            f"model.method {cfg.model.method['name']}: expected trainable parameters, found none"
+        )
     _log(
         f"model: {counts.total:,} parameters, {counts.tuned:,} tuned "
         f"({counts.tuned_pct:.2f} %), {counts.inserted:,} inserted"
     )
     pretrained = bool(cfg.model.backbone.pretrained) and model.method.uses_pretrained
     module = SegTrainModule(
-        model, tc, cfg.data.crop_size, data.props.regions, save_frozen=not pretrained
+        model, cfg.train, cfg.data.crop_size, data.props.regions, save_frozen=not pretrained
     )
-    datamodule = SegDataModule(data.cache, data.train_ids, data.val_ids, cfg.data, tc)
-    ctx = RunContext(cfg, run, resume, data, counts, started, list(callbacks or []))
-    with warnings.catch_warnings():
-        quiet_lightning()
-        return _fit(ctx, module, datamodule)
+    return module, counts
 
 
-def _trainer(ctx: RunContext, checkpointer: RunCheckpointer):
+@dataclass
+class TrainerParts:
+    """The Trainer of a run and the callbacks `_fit` reads back."""
+
+    trainer: Any
+    checkpointer: RunCheckpointer
+    stop: StopOnSignal
+    model_config: dict[str, Any]
+    adapter_extra: AdapterExtra
+    ckpt_path: str | None
+    resumed_from: int | None
+    """Global step of the checkpoint this fit continues from (None: a fresh start)."""
+
+
+def _trainer(ctx: RunContext) -> TrainerParts:
     import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    tc = ctx.cfg.train
-    return pl.Trainer(
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=tc.num_nodes,
-        strategy=resolve_strategy(tc),
-        precision=resolve_precision(tc.precision, tc.accelerator),
-        max_epochs=tc.max_epochs,
-        accumulate_grad_batches=tc.accumulate_grad_batches,
-        check_val_every_n_epoch=tc.val_every if tc.val_every > 0 else tc.max_epochs + 1,
-        num_sanity_val_steps=0,
-        deterministic=tc.deterministic,
-        logger=loggers(ctx.run.path),
-        callbacks=[
-            checkpointer,
-            LearningRateMonitor("step"),
-            *([StderrProgressBar()] if tc.progress_bar else []),
-            *ctx.callbacks,
-        ],
-        enable_checkpointing=True,
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=tc.log_every_n_steps,
-        use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(ctx.run.path),
+    tc, run = ctx.cfg.train, ctx.run
+    model_config = to_dict(ctx.cfg.model)
+    adapter_extra = AdapterExtra(ctx.data.props, ctx.cfg.data.crop_size, tc.sw_overlap, tc.seed)
+    checkpointer = RunCheckpointer(
+        run.path, tc.checkpoint_every_n_steps, model_config, adapter_extra
+    )
+    stop = StopOnSignal(checkpointer)
+    ckpt_path = str(run.last_ckpt) if ctx.resume and run.last_ckpt.is_file() else None
+    progress = checkpoint_progress(run.path) if ckpt_path else None
+    resumed_from = progress[1] if progress else None
+    try:
+        trainer = pl.Trainer(
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            num_nodes=tc.num_nodes,
+            strategy=resolve_strategy(tc),
+            precision=resolve_precision(tc.precision, tc.accelerator),
+            max_epochs=tc.max_epochs,
+            accumulate_grad_batches=tc.accumulate_grad_batches,
+            check_val_every_n_epoch=1,  # ValidationSchedule sets it per epoch
+            num_sanity_val_steps=0,
+            deterministic=tc.deterministic,
+            logger=loggers(run.path, keep_below_step=resumed_from or 0),
+            callbacks=[
+                checkpointer,
+                ValidationSchedule(tc.val_every),
+                stop,
+                LearningRateMonitor("step"),
+                *([StderrProgressBar()] if tc.progress_bar else []),
+                *ctx.callbacks,
+            ],
+            enable_checkpointing=True,
+            enable_progress_bar=tc.progress_bar,
+            enable_model_summary=False,
+            log_every_n_steps=tc.log_every_n_steps,
+            use_distributed_sampler=False,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(run.path),
+        )
+    except (MisconfigurationException, ValueError) as exc:  # Lightning's two kinds of refusal
+        raise MedtuneInputError(
+            f"train.accelerator {tc.accelerator}, devices {tc.devices}, strategy {tc.strategy}, "
+            f"precision {tc.precision}: Lightning refuses them: {' '.join(str(exc).split())}"
+        ) from exc
+    return TrainerParts(
+        trainer, checkpointer, stop, model_config, adapter_extra, ckpt_path, resumed_from
     )
 
 
@@ -278,43 +348,43 @@ def _reload_final_state(module, ckpt: Path) -> tuple[int, int]:
     return int(state["epoch"]) + 1, int(state["global_step"])
 
 
-def _fit(ctx: RunContext, module, datamodule) -> dict[str, Any]:
-    """Build the Trainer, fit (resuming when asked), validate at the end, write the results."""
-    tc, run = ctx.cfg.train, ctx.run
-    model_config = to_dict(ctx.cfg.model)
-    adapter_extra = AdapterExtra(ctx.data.props, ctx.cfg.data.crop_size, tc.sw_overlap, tc.seed)
-    checkpointer = RunCheckpointer(
-        run.path, tc.checkpoint_every_n_steps, model_config, adapter_extra
-    )
-    trainer = _trainer(ctx, checkpointer)
+def _fit(ctx: RunContext, parts: TrainerParts, module, datamodule) -> dict[str, Any]:
+    """Fit (resuming when asked; the last epoch is validated inside the fit, see
+    `ValidationSchedule`), then write the results."""
+    tc, run, trainer = ctx.cfg.train, ctx.run, parts.trainer
     if tc.sync_batchnorm and trainer.world_size > 1 and uses_cuda(tc.accelerator):
         _log(f"SyncBatchNorm: {convert_sync_bn(module.model)} trainable BatchNorm layer(s)")
-    ckpt_path = str(run.last_ckpt) if ctx.resume and run.last_ckpt.is_file() else None
     if ctx.resume:
         _log(
-            f"resuming from {run.last_ckpt}"
-            if ckpt_path
+            f"resuming from {run.last_ckpt} (step {parts.resumed_from})"
+            if parts.ckpt_path
             else f"{run.last_ckpt} not found: starting over"
         )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=parts.ckpt_path, weights_only=True)
+    except SystemExit:  # Lightning's SIGTERMException, or its exit after a KeyboardInterrupt
+        if parts.stop.signum is None:
+            raise
+        raise parts.stop.stopped(run.path, trainer.global_step, _rank() == 0) from None
 
     epochs_done, global_step = _reload_final_state(module, run.last_ckpt)
-    if module.last_validated_epoch != epochs_done:  # validate after the last epoch too
-        module.final_validation = True
+    if module.last_validated_epoch != epochs_done:  # a run whose last epoch was not validated
+        module.final_validation = True  # (written before validation moved into the fit)
         trainer.validate(module, datamodule=datamodule, verbose=False)  # writes adapter/ if best
         module.final_validation = False
         module.absorb_logged_validation(trainer.callback_metrics, epochs_done)
-    summary = _summary(ctx, module, datamodule, trainer, epochs_done, global_step, ckpt_path)
+    summary = _summary(ctx, module, datamodule, trainer, epochs_done, global_step, parts)
     if trainer.is_global_zero:
-        _write_results(run, module, model_config, adapter_extra, checkpointer, summary)
+        _write_results(run, module, parts, summary)
     return summary
 
 
-def _summary(ctx, module, datamodule, trainer, epochs_done, global_step, ckpt_path) -> dict:
+def _summary(ctx, module, datamodule, trainer, epochs_done, global_step, parts) -> dict:
     return {
         "run_dir": str(ctx.run.path),
         "wall_time_s": round(time.time() - ctx.started, 2),
-        "resumed": bool(ckpt_path),
+        "resumed": parts.resumed_from is not None,
+        "resumed_from_step": parts.resumed_from,
         **{k: round(v, 3) for k, v in peak_memory().items()},
         "parameters": ctx.counts.as_dict(),
         "tuned_pct": round(ctx.counts.tuned_pct, 4),
@@ -329,20 +399,18 @@ def _summary(ctx, module, datamodule, trainer, epochs_done, global_step, ckpt_pa
     }
 
 
-def _write_results(run: RunDir, module, model_config, adapter_extra, checkpointer, summary):
+def _write_results(run: RunDir, module, parts: TrainerParts, summary: dict) -> None:
     """adapter_last/, adapter/ (when no validation ever wrote one) and train_summary.json."""
-    from medtune.data.io import save_json
-
     model = module.model
     write_adapter(
         model,
         run.adapter_last,
-        model_config,
-        adapter_extra(module),
-        checkpointer.backbone_sha256(model),
+        parts.model_config,
+        parts.adapter_extra(module),
+        parts.checkpointer.backbone_sha256(model),
     )
     if not (run.adapter / "adapter_config.json").is_file():
-        tmp = run.path / ".tmp-adapter"
+        tmp = run.path / f".tmp-{os.getpid()}-{run.adapter.name}"
         shutil.copytree(run.adapter_last, tmp, dirs_exist_ok=True)
         os.replace(tmp, run.adapter)
     save_json(summary, run.summary)

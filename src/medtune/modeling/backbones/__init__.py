@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "y", "n")
+
+
 @dataclass
 class BackboneConfig:
     """Which 2D backbone to run over slices, and with which weights."""
@@ -72,6 +75,11 @@ class BackboneConfig:
             raise MedtuneInputError(f"backbone.in_chans: expected >= 1, found {self.in_chans}")
         if self.img_size < 8:
             raise MedtuneInputError(f"backbone.img_size: expected >= 8, found {self.img_size}")
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in _BOOL_WORDS:
+            raise MedtuneInputError(
+                f"model.backbone.pretrained: expected true, false or a weights file, found the string "
+                f"{self.pretrained!r} (write a YAML boolean, unquoted: true or false)"
+            )
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,16 @@ one `@METHODS.register("<name>")` line on its `TuningMethod` subclass. `apply(mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
 from medtune.core.configbase import from_dict, to_dict
 from medtune.core.errors import MedtuneInputError
 from medtune.core.registry import Registry
+
+Activation = Literal["gelu", "relu", "silu", "none"]
+"""Names of the non-linearities inside inserted modules (`adapter.layer.make_act`)."""
 
 
 @dataclass
@@ -138,5 +141,5 @@ def create_method(spec: dict[str, Any] | str) -> TuningMethod:
     if not name:
         raise MedtuneInputError(f"model.method: expected a mapping with a 'name', found {spec!r}")
     cls = METHODS.get(name)
-    config = from_dict(cls.config_cls, spec, f"model.method ({name})")
+    config = from_dict(cls.config_cls, spec, "model.method")
     return cls(config)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.methods.adapter.layer import check_act
-from medtune.modeling.methods.base import MethodConfig
+from medtune.modeling.methods.base import Activation, MethodConfig
 
-POSITIONS = ("attn", "mlp")
+Position = Literal["attn", "mlp"]
+POSITIONS: tuple[Position, ...] = get_args(Position)
 
 
 @dataclass
@@ -17,18 +18,16 @@ class AdapterConfig(MethodConfig):
 
     reduction: int = 8
     """Bottleneck width = block width // reduction (ViT-B: 768 // 8 = 96)."""
-    act: str = "gelu"
+    act: Activation = "gelu"
     """Non-linearity between the down- and up-projection: gelu, relu, silu, none."""
-    positions: tuple[str, ...] = POSITIONS
+    positions: tuple[Position, ...] = POSITIONS
     """Sub-blocks followed by an adapter: `attn` (after attention), `mlp` (after the MLP)."""
 
     def __post_init__(self) -> None:
         if self.reduction < 1:
             raise MedtuneInputError(f"adapter.reduction: expected >= 1, found {self.reduction}")
-        check_act("adapter.act", self.act)
         self.positions = tuple(self.positions)
-        bad = [p for p in self.positions if p not in POSITIONS]
-        if bad or not self.positions or len(set(self.positions)) != len(self.positions):
+        if not self.positions or len(set(self.positions)) != len(self.positions):
             raise MedtuneInputError(
                 f"adapter.positions: expected distinct values among {', '.join(POSITIONS)}, found {list(self.positions)}"
             )

@@ -9,22 +9,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medtune.core.errors import MedtuneInputError
+from medtune.modeling.methods.base import Activation
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "none": nn.Identity}
+ACTIVATIONS: dict[Activation, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "none": nn.Identity,
+}
+"""One module class per `Activation` name (the config fields' type checks the name)."""
 
 
-def make_act(name: str) -> nn.Module:
+def make_act(name: Activation) -> nn.Module:
     """Activation module by name (`gelu`, `relu`, `silu`, `none`)."""
     return ACTIVATIONS[name]()
-
-
-def check_act(field: str, name: str) -> None:
-    """Raise when `name` is not a known activation."""
-    if name not in ACTIVATIONS:
-        raise MedtuneInputError(
-            f"{field}: expected one of {', '.join(ACTIVATIONS)}, found '{name}'"
-        )
 
 
 class Bottleneck(nn.Module):

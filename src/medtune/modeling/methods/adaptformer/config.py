@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.methods.adapter.layer import check_act
-from medtune.modeling.methods.base import MethodConfig
+from medtune.modeling.methods.base import Activation, MethodConfig
 
 
 @dataclass
@@ -19,7 +18,7 @@ class AdaptFormerConfig(MethodConfig):
     """Factor s on the adapter branch: MLP(x) + s * adapter(x) (AdaptFormer uses 0.1)."""
     learnable_scale: bool = False
     """Train s as one extra parameter per block (the paper's counts use a fixed s)."""
-    act: str = "relu"
+    act: Activation = "relu"
     """Non-linearity of the bottleneck: relu (AdaptFormer), gelu, silu, none."""
 
     def __post_init__(self) -> None:
@@ -29,4 +28,3 @@ class AdaptFormerConfig(MethodConfig):
             )
         if not self.scale == self.scale:  # NaN
             raise MedtuneInputError("adaptformer.scale: expected a number, found NaN")
-        check_act("adaptformer.act", self.act)

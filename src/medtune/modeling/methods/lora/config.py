@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.methods.base import MethodConfig
 
-TARGETS = ("qkv", "proj")
+Target = Literal["qkv", "proj"]
+TARGETS: tuple[Target, ...] = get_args(Target)
 
 
 @dataclass
@@ -20,7 +22,7 @@ class LoRAConfig(MethodConfig):
     """Scaling numerator: the update is (alpha / r) B A."""
     dropout: float = 0.0
     """Dropout on the LoRA branch input during training."""
-    targets: tuple[str, ...] = ("qkv",)
+    targets: tuple[Target, ...] = ("qkv",)
     """Attention projections to adapt: `qkv` (fused query/key/value), `proj` (output)."""
 
     def __post_init__(self) -> None:
@@ -31,8 +33,7 @@ class LoRAConfig(MethodConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise MedtuneInputError(f"lora.dropout: expected in [0, 1), found {self.dropout}")
         self.targets = tuple(self.targets)
-        bad = [t for t in self.targets if t not in TARGETS]
-        if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+        if not self.targets or len(set(self.targets)) != len(self.targets):
             raise MedtuneInputError(
                 f"lora.targets: expected distinct values among {', '.join(TARGETS)}, found {list(self.targets)}"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.methods.base import MethodConfig
@@ -26,11 +27,11 @@ class MedAdapterConfig(MethodConfig):
     """1x1x1 conv after the sum of the branches."""
     inter_stage: bool = True
     """Inter-stage feature interaction in the last adapter of each stage."""
-    inter_stage_fusion: str = "concat"
+    inter_stage_fusion: Literal["concat", "add", "max"] = "concat"
     """How the aligned previous-stage state joins this stage's: concat (+1x1x1 conv), add, max."""
     stages: tuple[int, ...] | None = None
     """Stages that receive adapters (None: all)."""
-    depth_filter: str = "resample"
+    depth_filter: Literal["resample", "fixed"] = "resample"
     """`resample`: the filter is defined on normalised depth frequency and resampled to any
     window depth (identical to `fixed` at train_depth); `fixed`: the release's behaviour, the
     window depth must equal train_depth."""
@@ -40,14 +41,6 @@ class MedAdapterConfig(MethodConfig):
     def __post_init__(self) -> None:
         if self.alpha < 1:
             raise MedtuneInputError(f"med_adapter.alpha: expected >= 1, found {self.alpha}")
-        if self.inter_stage_fusion not in ("concat", "add", "max"):
-            raise MedtuneInputError(
-                f"med_adapter.inter_stage_fusion: expected concat, add or max, found '{self.inter_stage_fusion}'"
-            )
-        if self.depth_filter not in ("fixed", "resample"):
-            raise MedtuneInputError(
-                f"med_adapter.depth_filter: expected fixed or resample, found '{self.depth_filter}'"
-            )
         self.kernels = tuple(int(k) for k in self.kernels)
         if any(k < 1 or k % 2 == 0 for k in self.kernels):
             raise MedtuneInputError(

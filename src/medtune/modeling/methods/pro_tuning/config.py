@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.methods.adapter.layer import check_act
-from medtune.modeling.methods.base import MethodConfig
+from medtune.modeling.methods.base import Activation, MethodConfig
 
 
 @dataclass
@@ -15,7 +14,7 @@ class ProTuningConfig(MethodConfig):
 
     kernel: int = 5
     """Depthwise kernel of the prompt block (k x k, in-slice); odd."""
-    act: str = "gelu"
+    act: Activation = "gelu"
     """Non-linearity after the depthwise conv: gelu, relu, silu, none."""
     stages: tuple[int, ...] | None = None
     """Stages that get a prompt block (None: all)."""
@@ -25,6 +24,5 @@ class ProTuningConfig(MethodConfig):
             raise MedtuneInputError(
                 f"pro_tuning.kernel: expected an odd size >= 1, found {self.kernel}"
             )
-        check_act("pro_tuning.act", self.act)
         if self.stages is not None:
             self.stages = tuple(int(s) for s in self.stages)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.methods.adapter.layer import check_act
-from medtune.modeling.methods.base import MethodConfig
+from medtune.modeling.methods.base import Activation, MethodConfig
 
 
 @dataclass
@@ -17,7 +16,7 @@ class STAdapterConfig(MethodConfig):
     """Bottleneck width = block width // reduction (ViT-B: 384)."""
     kernel: int = 3
     """Depthwise conv kernel across slices, (k, 1, 1), with bias; odd."""
-    act: str = "gelu"
+    act: Activation = "gelu"
     """Non-linearity after the depthwise conv: gelu, relu, silu, none."""
 
     def __post_init__(self) -> None:
@@ -27,4 +26,3 @@ class STAdapterConfig(MethodConfig):
             raise MedtuneInputError(
                 f"st_adapter.kernel: expected an odd size >= 1, found {self.kernel}"
             )
-        check_act("st_adapter.act", self.act)
