@@ -174,110 +174,111 @@ def _files_by_id(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[Problem]):
-    """Training and test cases of an nnU-Net raw folder, reporting layout problems."""
+class _NnunetScan:
+    """Training and test cases of an nnU-Net raw folder; layout problems go to `problems`."""
 
-    def images(folder: Path, kind: str) -> dict[str, dict[int, Path]]:
+    def __init__(self, root: Path, n_ch: int, ending: str, problems: list[Problem]):
+        self.root, self.n_ch, self.ending, self.problems = root, n_ch, ending, problems
+
+    def images(self, folder: Path, kind: str) -> dict[str, dict[int, Path]]:
+        """`{case_id: {channel: path}}` of an images folder (the dataset's file ending first)."""
         out: dict[str, dict[int, Path]] = defaultdict(dict)
         for stem, paths in _files_by_id(folder).items():
-            rel = f"{folder.name}/{stem}"
             if len(paths) > 1:
-                problems.append(
+                self.problems.append(
                     Problem(
                         stem.rsplit("_", 1)[0],
-                        rel + ".*",
+                        f"{folder.name}/{stem}.*",
                         "one file per channel (duplicate case id)",
                         ", ".join(p.name for p in paths),
                     )
                 )
             m = CHANNEL_RE.match(stem)
             if not m:
-                problems.append(
-                    Problem(
-                        stem,
-                        f"{folder.name}/{paths[0].name}",
-                        "a name CASE_XXXX" + ending + f" in {kind}",
-                        paths[0].name,
-                    )
+                want = "a name CASE_XXXX" + self.ending + f" in {kind}"
+                self.problems.append(
+                    Problem(stem, f"{folder.name}/{paths[0].name}", want, paths[0].name)
                 )
                 continue
-            preferred = [p for p in paths if nifti_ending(p) == ending] or paths
+            preferred = [p for p in paths if nifti_ending(p) == self.ending] or paths
             out[m["case"]][int(m["ch"])] = preferred[0]
         return out
 
-    def cases_from(
-        img: dict[str, dict[int, Path]],
-        labels: dict[str, list[Path]] | None,
-        folder: str,
-        label_folder: str = "labelsTr",
-        labels_required: bool = True,
-    ):
+    def channel_paths(self, case_id: str, chans: dict[int, Path], folder: str) -> list[Path]:
+        """The case's `n_ch` image paths (the expected path where one is missing)."""
+        paths = []
+        for ch in range(self.n_ch):
+            want = f"{folder}/{case_id}_{ch:04d}{self.ending}"
+            p = chans.get(ch)
+            if p is None:
+                found = "no images at all" if not chans else "none"
+                self.problems.append(Problem(case_id, want, f"a file for channel {ch}", found))
+            paths.append(p if p is not None else self.root / want)
+        for ch in sorted(chans):
+            if ch >= self.n_ch:
+                expected = f"channels 0000..{self.n_ch - 1:04d} (dataset.json lists {self.n_ch})"
+                self.problems.append(
+                    Problem(case_id, f"{folder}/{chans[ch].name}", expected, f"channel {ch:04d}")
+                )
+        for p in chans.values():
+            if nifti_ending(p) != self.ending:
+                self.problems.append(
+                    Problem(
+                        case_id, f"{folder}/{p.name}", f"file_ending {self.ending}", nifti_ending(p)
+                    )
+                )
+        return paths
+
+    def label_path(
+        self, case_id: str, found: list[Path] | None, folder: str, required: bool
+    ) -> Path | None:
+        """The case's label file among `found` (None when there is none)."""
+        if not found:
+            if required:
+                want = f"{folder}/{case_id}{self.ending}"
+                self.problems.append(Problem(case_id, want, "a label file", "none"))
+            return None
+        label = found[0]
+        if len(found) > 1:
+            self.problems.append(
+                Problem(
+                    case_id,
+                    f"{folder}/{case_id}.*",
+                    "one label file (duplicate case id)",
+                    ", ".join(p.name for p in found),
+                )
+            )
+        elif nifti_ending(label) != self.ending:
+            self.problems.append(
+                Problem(
+                    case_id,
+                    f"{folder}/{label.name}",
+                    f"file_ending {self.ending}",
+                    nifti_ending(label),
+                )
+            )
+        return label
+
+    def cases(self, folder: str, label_folder: str, labels_required: bool) -> list[CaseFiles]:
+        """Every case of `folder` (imagesTr / imagesTs) with its label from `label_folder`."""
+        img = self.images(self.root / folder, folder)
+        label_dir = self.root / label_folder
+        labels = _files_by_id(label_dir) if labels_required or label_dir.is_dir() else None
         cases = []
         for case_id in sorted(set(img) | set(labels or {})):
-            chans = img.get(case_id, {})
-            paths = []
-            for ch in range(n_ch):
-                p = chans.get(ch)
-                if p is None:
-                    want = f"{folder}/{case_id}_{ch:04d}{ending}"
-                    found = "no images at all" if not chans else "none"
-                    problems.append(Problem(case_id, want, f"a file for channel {ch}", found))
-                paths.append(p if p is not None else root / f"{folder}/{case_id}_{ch:04d}{ending}")
-            for ch in sorted(chans):
-                if ch >= n_ch:
-                    problems.append(
-                        Problem(
-                            case_id,
-                            f"{folder}/{chans[ch].name}",
-                            f"channels 0000..{n_ch - 1:04d} (dataset.json lists {n_ch})",
-                            f"channel {ch:04d}",
-                        )
-                    )
-            for p in chans.values():
-                if nifti_ending(p) != ending:
-                    problems.append(
-                        Problem(
-                            case_id, f"{folder}/{p.name}", f"file_ending {ending}", nifti_ending(p)
-                        )
-                    )
+            paths = self.channel_paths(case_id, img.get(case_id, {}), folder)
             label = None
             if labels is not None:
-                lab = labels.get(case_id)
-                if not lab:
-                    if labels_required:
-                        problems.append(
-                            Problem(
-                                case_id, f"{label_folder}/{case_id}{ending}", "a label file", "none"
-                            )
-                        )
-                else:
-                    label = lab[0]
-                    if len(lab) > 1:
-                        problems.append(
-                            Problem(
-                                case_id,
-                                f"{label_folder}/{case_id}.*",
-                                "one label file (duplicate case id)",
-                                ", ".join(p.name for p in lab),
-                            )
-                        )
-                    elif nifti_ending(label) != ending:
-                        problems.append(
-                            Problem(
-                                case_id,
-                                f"{label_folder}/{label.name}",
-                                f"file_ending {ending}",
-                                nifti_ending(label),
-                            )
-                        )
+                label = self.label_path(case_id, labels.get(case_id), label_folder, labels_required)
             cases.append(CaseFiles(case_id, paths, label))
         return cases
 
-    tr = cases_from(
-        images(root / "imagesTr", "imagesTr"), _files_by_id(root / "labelsTr"), "imagesTr"
-    )
-    ts_labels = _files_by_id(root / "labelsTs") if (root / "labelsTs").is_dir() else None
-    ts = cases_from(images(root / "imagesTs", "imagesTs"), ts_labels, "imagesTs", "labelsTs", False)
+
+def _scan_nnunet(root: Path, data: dict, n_ch: int, ending: str, problems: list[Problem]):
+    """Training and test cases of an nnU-Net raw folder, reporting layout problems."""
+    scan = _NnunetScan(root, n_ch, ending, problems)
+    tr = scan.cases("imagesTr", "labelsTr", labels_required=True)
+    ts = scan.cases("imagesTs", "labelsTs", labels_required=False)
     num = data.get("numTraining")
     if isinstance(num, int) and tr and num != len(tr):
         problems.append(
