@@ -131,6 +131,39 @@ def _model_config_dict(model_config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(model_config))
 
 
+def _checked_model_config(model: nn.Module, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The model config to store, its method section taken from the tuned model; refuses a
+    model without a method, a merged one, or a config that names another method."""
+    method = model.method
+    if method is None:
+        raise MedtuneInputError("save_adapter: the model has no tuning method applied")
+    if model.merged:
+        raise MedtuneInputError(
+            f"save_adapter: the {method.name} weights were merged into the backbone; "
+            "save the adapter before merging (merging is for deployment)"
+        )
+    cfg = _model_config_dict(model_config)
+    cfg_method = (cfg.get("method") or {}).get("name")
+    if cfg_method is not None and cfg_method != method.name:
+        raise MedtuneInputError(
+            f"save_adapter: model_config names method '{cfg_method}' but the model was tuned with '{method.name}'"
+        )
+    cfg["method"] = method.to_dict()
+    return cfg
+
+
+def _adapter_tensors(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    """CPU copies of the tensors an adapter file holds (floating ones as float16 if `half`)."""
+    state = model.state_dict()
+    tensors = {}
+    for key in adapter_tensor_names(model):
+        t = state[key].detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.to(torch.float16)
+        tensors[key] = t.contiguous().clone()
+    return tensors
+
+
 def save_adapter(
     model: nn.Module,
     out_dir: str | os.PathLike,
@@ -149,30 +182,11 @@ def save_adapter(
     from medtune.modeling.params import count_parameters
 
     method = model.method
-    if method is None:
-        raise MedtuneInputError("save_adapter: the model has no tuning method applied")
-    if model.merged:
-        raise MedtuneInputError(
-            f"save_adapter: the {method.name} weights were merged into the backbone; "
-            "save the adapter before merging (merging is for deployment)"
-        )
-    cfg = _model_config_dict(model_config)
-    cfg_method = (cfg.get("method") or {}).get("name")
-    if cfg_method is not None and cfg_method != method.name:
-        raise MedtuneInputError(
-            f"save_adapter: model_config names method '{cfg_method}' but the model was tuned with '{method.name}'"
-        )
-    cfg["method"] = method.to_dict()
+    cfg = _checked_model_config(model, model_config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    state = model.state_dict()
-    tensors = {}
-    for key in adapter_tensor_names(model):
-        t = state[key].detach().to("cpu")
-        if half and t.is_floating_point():
-            t = t.to(torch.float16)
-        tensors[key] = t.contiguous().clone()
+    tensors = _adapter_tensors(model, half)
     meta = {"format": FORMAT, "method": method.name}
     atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata=meta))
 
