@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
+from methods_helpers import config_dict, perturb_tuned
 from safetensors.torch import load_file, save_file
 
 from medtune.artifacts.adapters import (
@@ -21,12 +21,13 @@ from medtune.artifacts.adapters import (
     save_adapter,
 )
 from medtune.core.errors import MedtuneInputError
+from tiny import seeded_build, tiny_model_config, volume
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A trained-looking `adapter` model on the tiny ViT, its config, output and folder."""
-    cfg = tiny_config("vit", "adapter")
+    cfg = tiny_model_config("vit", "adapter")
     model = seeded_build(cfg)
     perturb_tuned(model)
     model.eval()
@@ -85,7 +86,7 @@ def test_files_hold_only_the_trained_tensors(saved):
 def test_backbone_hash_ignores_method_wrappers(saved):
     cfg = saved[0]
     hashes = {
-        m: backbone_hash(seeded_build(tiny_config("vit", m)))
+        m: backbone_hash(seeded_build(tiny_model_config("vit", m)))
         for m in ("head", "lora", "vpt_shallow")
     }
     hashes["adapter"] = backbone_hash(saved[1])
@@ -171,12 +172,12 @@ def test_missing_files_and_wrong_method_refused(saved, tmp_path):
     with pytest.raises(MedtuneInputError, match="not valid JSON"):
         load_adapter(folder)
     with pytest.raises(MedtuneInputError, match="trained with method"):
-        load_adapter(saved[4], seeded_build(tiny_config("vit", "lora")))
+        load_adapter(saved[4], seeded_build(tiny_model_config("vit", "lora")))
 
 
 def test_model_none_builds_from_saved_config(saved, tmp_path):
     # `full`: the adapter is the whole model, nothing frozen: loads without backbone weights.
-    cfg = tiny_config("vit", "full")
+    cfg = tiny_model_config("vit", "full")
     model = seeded_build(cfg, seed=7)
     perturb_tuned(model)
     x = volume()
@@ -193,6 +194,6 @@ def test_model_none_builds_from_saved_config(saved, tmp_path):
 
 
 def test_save_rejects_wrong_config(saved, tmp_path):
-    cfg = tiny_config("vit", "head")
+    cfg = tiny_model_config("vit", "head")
     with pytest.raises(MedtuneInputError, match="names method 'head'"):
         save_adapter(saved[1], tmp_path / "x", config_dict(cfg))

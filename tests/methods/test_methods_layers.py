@@ -4,12 +4,12 @@ in Swin windows, prompt tokens flowing (shallow) or replaced (deep) in ViTs."""
 from __future__ import annotations
 
 import torch
-from methods_helpers import seeded_build, tiny_config, volume
 from timm.models.swin_transformer import WindowAttention
 
 from medtune.modeling.methods.st_adapter import STAdapter
 from medtune.modeling.methods.vpt import PromptedWindowAttention
 from medtune.modeling.slicing import SliceContext, grid_to_volume, volume_to_grid
+from tiny import seeded_build, tiny_model_config, volume
 
 
 def test_st_adapter_slice_conv_equals_conv3d():
@@ -67,8 +67,8 @@ def _block_inputs(model, x):
 def test_vit_prompts_flow_through_shallow_and_are_replaced_deep():
     x = volume()
     tokens = (64 // 8) ** 2
-    shallow = seeded_build(tiny_config("vit", "vpt_shallow", num_tokens=5))
-    deep = seeded_build(tiny_config("vit", "vpt_deep", num_tokens=5))
+    shallow = seeded_build(tiny_model_config("vit", "vpt_shallow", num_tokens=5))
+    deep = seeded_build(tiny_model_config("vit", "vpt_deep", num_tokens=5))
     s_in, d_in = _block_inputs(shallow, x), _block_inputs(deep, x)
     for i in range(8):
         assert s_in[i].shape[1] == d_in[i].shape[1] == 5 + tokens

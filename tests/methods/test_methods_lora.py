@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
+from methods_helpers import config_dict, perturb_tuned
 from peft.tuners.lora import LoraLayer
 
 from medtune.artifacts.adapters import save_adapter
 from medtune.core.errors import MedtuneInputError
+from tiny import seeded_build, tiny_model_config, volume
 
 
 @pytest.mark.parametrize("family", ["vit", "swin"])
 def test_lora_merge_equals_unmerged(family, tmp_path):
-    cfg = tiny_config(family, "lora", targets=["qkv", "proj"], r=4, alpha=8)
+    cfg = tiny_model_config(family, "lora", targets=["qkv", "proj"], r=4, alpha=8)
     model = seeded_build(cfg)
     lora = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert lora and all(n.startswith("backbone.model.") for n in lora)
@@ -42,4 +43,4 @@ def test_lora_rejects_unknown_target():
     with pytest.raises(
         MedtuneInputError, match="model.method.targets: expected a list of values among qkv, proj"
     ):
-        tiny_config("vit", "lora", targets=["fc1"])
+        tiny_model_config("vit", "lora", targets=["fc1"])

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import FAMILIES, FAMILY_OF, config_dict, seeded_build, tiny_config, volume
+from methods_helpers import config_dict
 
 from medtune.artifacts.adapters import frozen_backbone_tensors, load_adapter, save_adapter
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.methods import list_methods
+from tiny import FAMILIES, FAMILY_OF, seeded_build, tiny_model_config, volume
 
 CASES = [(m, f) for m in list_methods() for f in FAMILIES]
 
@@ -30,7 +31,7 @@ def _supported(method: str, family: str) -> bool:
 
 @pytest.mark.parametrize(("method", "family"), CASES, ids=[f"{m}-{f}" for m, f in CASES])
 def test_method_on_family(method, family, tmp_path):
-    cfg = tiny_config(family, method)
+    cfg = tiny_model_config(family, method)
     if not _supported(method, family):
         with pytest.raises(MedtuneInputError) as err:
             seeded_build(cfg)

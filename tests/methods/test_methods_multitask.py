@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import config_dict, perturb_tuned, seeded_build, tiny_config, volume
+from methods_helpers import config_dict, perturb_tuned
 
 from medtune.artifacts.adapters import load_adapter, save_adapter
 from medtune.artifacts.multitask import MultiTaskModel
 from medtune.core.errors import MedtuneInputError
+from tiny import seeded_build, tiny_model_config, volume
 
 TASKS = {"brats": ("adapter", 3, 11), "kits": ("lora", 2, 12), "third": ("vpt_deep", 4, 13)}
 
@@ -21,7 +22,7 @@ def folders(tmp_path_factory):
     out = {}
     x = volume()
     for task, (method, classes, seed) in TASKS.items():
-        cfg = tiny_config("vit", method, num_classes=classes)
+        cfg = tiny_model_config("vit", method, num_classes=classes)
         model = seeded_build(cfg)  # seed 0: the shared "pre-trained" backbone
         perturb_tuned(model, seed=seed)
         with torch.no_grad():
@@ -31,14 +32,14 @@ def folders(tmp_path_factory):
 
 
 def test_multitask_equals_single_task(folders):
-    base = seeded_build(tiny_config("vit", "head"))
+    base = seeded_build(tiny_model_config("vit", "head"))
     bank = MultiTaskModel.from_adapters({t: f for t, (f, _) in folders.items()}, base=base)
     assert bank.task_names == list(TASKS) and bank.active == "brats"
     x = volume()
     with torch.no_grad():
         method, classes, _ = TASKS["kits"]
         alone = load_adapter(
-            folders["kits"][0], seeded_build(tiny_config("vit", method, num_classes=classes))
+            folders["kits"][0], seeded_build(tiny_model_config("vit", method, num_classes=classes))
         )
         assert torch.equal(alone.eval()(x), folders["kits"][1])
         for task, (_, expected) in folders.items():
@@ -60,13 +61,13 @@ def test_multitask_equals_single_task(folders):
 
 
 def test_multitask_refuses_other_backbone_and_whole_models(folders, tmp_path):
-    cfg = tiny_config("vit", "adapter")
+    cfg = tiny_model_config("vit", "adapter")
     other = seeded_build(cfg, seed=9)
     odd = save_adapter(other, tmp_path / "odd", config_dict(cfg))
     bank = MultiTaskModel.from_adapters({"brats": folders["brats"][0]}, base=seeded_build(cfg))
     with pytest.raises(MedtuneInputError, match="backbone weights differ"):
         bank.add_task("odd", odd)
-    full_cfg = tiny_config("vit", "full")
+    full_cfg = tiny_model_config("vit", "full")
     full = save_adapter(seeded_build(full_cfg), tmp_path / "full", config_dict(full_cfg))
     with pytest.raises(MedtuneInputError, match="trains the backbone"):
         bank.add_task("full", full)
@@ -91,7 +92,7 @@ def test_from_saved_configs_with_pretrained_file(tmp_path):
     folders, refs = {}, {}
     x = volume()
     for task, method in (("a", "st_adapter"), ("b", "vpt_shallow")):
-        data = config_dict(tiny_config("vit", method))
+        data = config_dict(tiny_model_config("vit", method))
         data["backbone"]["pretrained"] = str(weights)
         cfg = from_dict(ModelConfig, data)
         torch.manual_seed(5)  # other random init: only the weight file makes backbones equal

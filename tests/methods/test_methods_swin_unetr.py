@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import config_dict, seeded_build
+from methods_helpers import config_dict
 
 from medtune.artifacts.adapters import (
     canonical_name,
@@ -18,6 +18,7 @@ from medtune.core.configbase import from_dict
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.methods import list_methods
 from medtune.modeling.model import ModelConfig
+from tiny import seeded_build
 
 CROP = (64, 32, 32)  # (D, H, W): the smallest crop whose stride-32 grid has 2 voxels
 SUPPORTED = ["full", "head", "lora", "med_adapter", "scratch"]

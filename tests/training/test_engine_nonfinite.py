@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from engine_base import tiny_config
 
 from medtune.cli import main
 from medtune.core.errors import MedtuneInputError
 from medtune.training.run import train_run
+from tiny import tiny_experiment
 
 
 def test_train_refuses_a_nan_training_image(engine_data, tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_train_refuses_a_nan_training_image(engine_data, tmp_path, capsys):
     arr = np.asarray(img.dataobj).astype(np.float32)
     arr[5, 6, 7] = np.nan
     nib.save(nib.Nifti1Image(arr, img.affine), str(f))
-    raw, _ = tiny_config(data, train__max_epochs=1)
+    raw, _ = tiny_experiment(data, train__max_epochs=1)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
@@ -46,7 +46,7 @@ class PoisonBatch(pl.Callback):
 
 
 def test_non_finite_loss_stops_training_and_the_run_resumes(engine_data, tmp_path):
-    _, cfg = tiny_config(engine_data, train__max_epochs=2, train__steps_per_epoch=3)
+    _, cfg = tiny_experiment(engine_data, train__max_epochs=2, train__steps_per_epoch=3)
     run = tmp_path / "run"
     with pytest.raises(MedtuneInputError) as exc:
         train_run(cfg, run, callbacks=[PoisonBatch()])
@@ -61,7 +61,7 @@ def test_non_finite_loss_stops_training_and_the_run_resumes(engine_data, tmp_pat
         torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point()
     )
     assert not (run / "train_summary.json").exists()
-    _, cfg = tiny_config(engine_data, train__max_epochs=2, train__steps_per_epoch=3)
+    _, cfg = tiny_experiment(engine_data, train__max_epochs=2, train__steps_per_epoch=3)
     summary = train_run(cfg, run, resume=True)
     assert summary["epochs"] == 2 and summary["global_step"] == 6
     assert all(np.isfinite(h["train_loss"]) for h in summary["history"])

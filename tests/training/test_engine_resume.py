@@ -73,9 +73,9 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 @pytest.fixture(scope="module")
 def reference(engine_data, tmp_path_factory):
     """The uninterrupted run."""
-    from engine_base import tiny_config
+    from tiny import tiny_experiment
 
-    _, cfg = tiny_config(engine_data, **RESUME)
+    _, cfg = tiny_experiment(engine_data, **RESUME)
     out = tmp_path_factory.mktemp("reference") / "run"
     summary = train_run(cfg, out)
     assert summary["global_step"] == 6
@@ -167,10 +167,12 @@ FAMILY_MODELS = {
 
 @pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
 def test_finished_run_of_every_family_extends_by_one_epoch(engine_data, tmp_path, family):
-    from engine_base import tiny_config
+    from tiny import tiny_experiment
 
     overrides = {k.replace(".", "__"): v for k, v in FAMILY_MODELS[family].items()}
-    _, cfg = tiny_config(engine_data, train__max_epochs=1, train__steps_per_epoch=2, **overrides)
+    _, cfg = tiny_experiment(
+        engine_data, train__max_epochs=1, train__steps_per_epoch=2, **overrides
+    )
     out = tmp_path / "run"
     first = train_run(cfg, out)
     assert first["epochs"] == 1 and first["global_step"] == 2

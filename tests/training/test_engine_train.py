@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from engine_base import tiny_config
 from safetensors.torch import load_file
 
 from medtune.artifacts.adapters import adapter_tensor_names, load_adapter
@@ -19,12 +18,13 @@ from medtune.training.datamodule import ResumableLoader, ResumableSampler
 from medtune.training.module import SegLoss, effective_warmup_epochs, warmup_cosine
 from medtune.training.run import load_run_config, train_run
 from medtune.training.setup import resolve_precision
+from tiny import tiny_experiment
 
 
 @pytest.fixture(scope="module")
 def trained(engine_data, tmp_path_factory):
     """One 2-epoch run (3 steps per epoch) shared by the tests of this module."""
-    _, cfg = tiny_config(engine_data, train__steps_per_epoch=4)
+    _, cfg = tiny_experiment(engine_data, train__steps_per_epoch=4)
     out = tmp_path_factory.mktemp("train") / "run"
     summary = train_run(cfg, out)
     return out, cfg, summary
