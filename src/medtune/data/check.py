@@ -79,6 +79,14 @@ def _read(path: Path, case: str, rel: str, problems: list[Problem]):
 
 
 def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> None:
+    first = _check_images(info, case, problems)
+    if case.label is not None:
+        _check_label(info, case, first, problems)
+
+
+def _check_images(info: DatasetInfo, case: CaseFiles, problems: list[Problem]):
+    """Check each channel file (dimensions, channels, finite values, one grid); returns the
+    first readable channel's `(rel, spatial shape, affine)`, or None."""
     root, cid = info.root, case.case_id
     first = None  # (rel, shape, affine)
     want_4d = case.is_4d
@@ -116,9 +124,13 @@ def _check_case(info: DatasetInfo, case: CaseFiles, problems: list[Problem]) -> 
             first = (rel, spatial, affine)
         else:
             _compare(cid, rel, spatial, affine, first, problems)
-    if case.label is None:
-        return
-    rel = _rel(case.label, root)
+    return first
+
+
+def _check_label(info: DatasetInfo, case: CaseFiles, first, problems: list[Problem]) -> None:
+    """Check the label map: 3D, the images' grid, integer values declared in dataset.json."""
+    cid = case.case_id
+    rel = _rel(case.label, info.root)
     got = _read(case.label, cid, rel, problems)
     if got is None:
         return

@@ -345,24 +345,9 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def preprocess_dataset(
-    root: str | Path,
-    cache: str | Path,
-    workers: int = 1,
-    spacing=None,
-    return_stats: bool = False,
-    slice_axis: str = "axial",
-):
-    """Build or update the cache of dataset `root` in `cache`; up-to-date cases are skipped.
-
-    `spacing` is the target (X, Y, Z) spacing in mm or None for the native grid; `slice_axis`
-    one of `medtune.data.axes.SLICE_AXIS_SETTINGS` (a cache built along another axis is
-    rebuilt in place; `auto` is resolved once and recorded in `dataset_props.json`). Returns
-    the cache path (with `return_stats`, also {"done": n, "skipped": n}).
-    """
-    resolve_slice_axis(slice_axis, None)  # an unknown axis raises before anything is written
-    info = load_dataset(root)
-    cache = Path(cache)
+def _open_cache(cache: Path) -> tuple[bool, str | None]:
+    """Create the cache folder; returns (built by another cache format, slice axis it was built
+    along or None)."""
     try:
         (cache / "cases").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -380,20 +365,14 @@ def preprocess_dataset(
                 f"{CACHE_VERSION}); rebuilding every case",
                 file=sys.stderr,
             )
-    index = _cache_index(info, cache, spacing, slice_axis)
-    props = index.props
-    key = _settings_key(props)
-    todo = [c for c in info.cases if outdated or not _is_current(cache, c, key)]
-    if old_axis not in (None, props.slice_axis) and not outdated and todo:
-        print(
-            f"{cache}: slice axis {props.slice_axis} (the cache was built {old_axis}); "
-            f"rebuilding {len(todo)} case(s) in place (set data.cache to keep both)",
-            file=sys.stderr,
-        )
-    save_json(index.to_dict(), cache / PROPS_FILE)
+    return outdated, old_axis
+
+
+def _process_cases(todo: list, cache: Path, props, key: str, workers: int, desc: str) -> None:
+    """Preprocess the cases `todo` into `cache`, in `workers` forked processes when > 1."""
     bar = tqdm(
         total=len(todo),
-        desc=f"preprocess {info.props.name}",
+        desc=desc,
         unit="case",
         file=sys.stderr,
         disable=not todo,
@@ -418,6 +397,39 @@ def preprocess_dataset(
                 bar.update()
     finally:
         bar.close()  # an error is then printed on a line of its own
+
+
+def preprocess_dataset(
+    root: str | Path,
+    cache: str | Path,
+    workers: int = 1,
+    spacing=None,
+    return_stats: bool = False,
+    slice_axis: str = "axial",
+):
+    """Build or update the cache of dataset `root` in `cache`; up-to-date cases are skipped.
+
+    `spacing` is the target (X, Y, Z) spacing in mm or None for the native grid; `slice_axis`
+    one of `medtune.data.axes.SLICE_AXIS_SETTINGS` (a cache built along another axis is
+    rebuilt in place; `auto` is resolved once and recorded in `dataset_props.json`). Returns
+    the cache path (with `return_stats`, also {"done": n, "skipped": n}).
+    """
+    resolve_slice_axis(slice_axis, None)  # an unknown axis raises before anything is written
+    info = load_dataset(root)
+    cache = Path(cache)
+    outdated, old_axis = _open_cache(cache)
+    index = _cache_index(info, cache, spacing, slice_axis)
+    props = index.props
+    key = _settings_key(props)
+    todo = [c for c in info.cases if outdated or not _is_current(cache, c, key)]
+    if old_axis not in (None, props.slice_axis) and not outdated and todo:
+        print(
+            f"{cache}: slice axis {props.slice_axis} (the cache was built {old_axis}); "
+            f"rebuilding {len(todo)} case(s) in place (set data.cache to keep both)",
+            file=sys.stderr,
+        )
+    save_json(index.to_dict(), cache / PROPS_FILE)
+    _process_cases(todo, cache, props, key, workers, f"preprocess {info.props.name}")
     stats = {"done": len(todo), "skipped": len(info.cases) - len(todo)}
     return (cache, stats) if return_stats else cache
 
