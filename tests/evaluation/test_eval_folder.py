@@ -208,7 +208,7 @@ def test_bad_arguments_exit_2_with_one_line(folders, tmp_path, capsys):
         assert err[-1].startswith("medtune evaluate-folder: error:")
 
 
-def test_source_convention_labels_get_a_hint(tmp_path, capsys):
+def test_source_convention_gets_a_hint_and_scores_with_pred_labels_source(tmp_path, capsys):
     # BraTS converted to nnU-Net labels 0..3 keeps ET = 4 as its source convention
     ds = tmp_path / "dataset.json"
     labels = {"background": 0, "NCR": 1, "ED": 2, "ET": 3}
@@ -225,10 +225,32 @@ def test_source_convention_labels_get_a_hint(tmp_path, capsys):
     )
     (tmp_path / "ref").mkdir()
     (tmp_path / "pred").mkdir()
-    gt = _kidney()
+    gt = np.where(_kidney() == 2, 3, _kidney())  # NCR 1 holding an ET 3, in the dataset's labels
     _save(gt, tmp_path / "ref" / "b1.nii.gz")
-    _save(np.where(gt == 2, 4, gt), tmp_path / "pred" / "b1.nii.gz")
+    _save(np.where(gt == 3, 4, gt), tmp_path / "pred" / "b1.nii.gz")
     argv = [str(tmp_path / "pred"), str(tmp_path / "ref"), "--dataset", str(ds)]
     assert main(["evaluate-folder", *argv]) == 2
     line = next(ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("b1:"))
-    assert "found [4] (values of the source convention" in line
+    assert "found [4] (values of the source convention: pass --pred-labels source" in line
+
+    # what `medtune predict` writes (ET 4) scores as the same map in the dataset's labels (ET 3)
+    out = tmp_path / "scores"
+    assert main(["evaluate-folder", *argv, "--pred-labels", "source", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pred_labels"] == "source" and summary["ref_labels"] == "dataset"
+    with open(out / "per_case.csv") as f:
+        row = next(csv.DictReader(f))
+    assert [float(row[f"{r}/dice"]) for r in ("NCR", "ED", "ET")] == [1.0, 1.0, 1.0]
+
+    # a dataset-convention prediction read as `source` is refused with the opposite hint
+    _save(gt, tmp_path / "pred" / "b1.nii.gz")
+    _save(np.where(gt == 3, 4, gt), tmp_path / "ref" / "b1.nii.gz")
+    assert main(["evaluate-folder", *argv, "--pred-labels", "source"]) == 2
+    line = next(ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("b1:"))
+    assert "expected the label values of the source convention of dataset.json [0, 1, 2, 4]" in line
+    assert "pass --pred-labels dataset" in line
+    # both folders in the source convention (e.g. scoring against BraTS' own seg files)
+    _save(np.where(gt == 3, 4, gt), tmp_path / "pred" / "b1.nii.gz")
+    assert (
+        main(["evaluate-folder", *argv, "--pred-labels", "source", "--ref-labels", "source"]) == 0
+    )

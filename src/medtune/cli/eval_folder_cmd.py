@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MM",
         help="tolerance of the normalised surface Dice in mm (default 1)",
     )
+    for flag, what in (("--pred-labels", "PRED_DIR"), ("--ref-labels", "REF_DIR")):
+        p.add_argument(
+            flag,
+            choices=("dataset", "source"),
+            default="dataset",
+            help=f"label values of {what}: dataset.json's labels (default) or the source "
+            "convention of its medtune.source_labels, which medtune predict writes (BraTS ET 4)",
+        )
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead")
     p.add_argument(
         "--out", type=Path, metavar="DIR", help="also write per_case.csv, summary.json, summary.md"
@@ -70,6 +78,8 @@ def run_evaluate_folder(args: argparse.Namespace) -> int:
             out=args.out,
             skip_missing=args.skip_missing,
             progress=True,
+            pred_labels=args.pred_labels,
+            ref_labels=args.ref_labels,
         )
     except CaseMismatchError as exc:
         for line in exc.problems:

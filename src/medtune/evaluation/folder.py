@@ -13,7 +13,9 @@ the summary (``"skipped": {case: line}``):
 - a reference without a prediction, a prediction without a reference, two files of one case;
 - a prediction whose shape differs from its reference's, or whose affine differs by more than
   `AFFINE_TOL` (as `medtune check-data`);
-- an unreadable file, NaN / Inf or fractional values, labels outside dataset.json's.
+- an unreadable file, NaN / Inf or fractional values, labels outside the folder's convention
+  (dataset.json's labels, or with `source` its `medtune.source_labels`: what `medtune predict`
+  writes).
 
 Header problems are found for every case before any volume is read; without `skip_missing`,
 volumes are still read (to list every bad one) but no metric is computed once one is found.
@@ -117,29 +119,56 @@ def _check_grid(case: str, pred: Path, ref: Path) -> str | tuple[float, float, f
     return spacing
 
 
-def _read_case(case: str, pred: Path, ref: Path, allowed: set[int], source_only: set[int]):
-    """(prediction, reference) label maps `(X, Y, Z)`, or one problem line. `source_only`:
-    label values of the source convention that dataset.json's labels do not have (BraTS 4)."""
-    maps = []
-    for path in (pred, ref):
+LABEL_CONVENTIONS = ("dataset", "source")
+"""How a folder's label values read: dataset.json's `labels`, or the source dataset's convention
+that `medtune predict` writes (dataset.json's `medtune.source_labels`, e.g. BraTS ET 4)."""
+
+
+class _Convention:
+    """Reads label maps written in one convention into dataset.json's label values."""
+
+    def __init__(self, props, name: str, flag: str):
+        dataset_values = {0, *(v for v in props.labels.values() if v != 0)}
+        source = {d: s for d, s in props.source_labels.items() if d != 0}
+        self.name, self.flag = name, flag
+        if name == "source":
+            self.allowed = {0, *source.values()}
+            self.to_dataset = {s: d for d, s in source.items() if s != d}
+            self.other = dataset_values - self.allowed
+        else:
+            self.allowed, self.to_dataset = dataset_values, {}
+            self.other = set(source.values()) - dataset_values
+
+    def read(self, case: str, path: Path):
+        """The label map `(X, Y, Z)` in dataset.json's values, or one problem line."""
         try:
             arr = read_label_values(path)
         except MedtuneInputError as exc:
             return f"{case}: {exc}"
-        bad = sorted(set(np.unique(arr).tolist()) - allowed)
+        bad = sorted(set(np.unique(arr).tolist()) - self.allowed)
         if bad:
-            hint = (
-                " (values of the source convention, medtune.source_labels in dataset.json: "
-                "score files in the dataset's own labels)"
-                if set(bad) <= source_only
-                else ""
+            where = (
+                "dataset.json"
+                if self.name == "dataset"
+                else "the source convention of dataset.json"
             )
+            hint = ""
+            if set(bad) <= self.other:
+                other = "source" if self.name == "dataset" else "dataset"
+                hint = f" (values of the {other} convention: pass {self.flag} {other}"
+                hint += (
+                    "; medtune predict writes the source convention)" if other == "source" else ")"
+                )
             return (
-                f"{case}: {path}: expected the label values of dataset.json {sorted(allowed)}, "
+                f"{case}: {path}: expected the label values of {where} {sorted(self.allowed)}, "
                 f"found {bad}{hint}"
             )
-        maps.append(arr)
-    return maps[0], maps[1]
+        if self.to_dataset:
+            out = arr.copy()
+            for src, dst in self.to_dataset.items():
+                out[arr == src] = dst
+            arr = out
+        return arr
 
 
 def _score_cases(
@@ -151,6 +180,8 @@ def _score_cases(
     nsd_tolerance_mm: float,
     skip_missing: bool,
     progress: bool,
+    pred_labels: str = "dataset",
+    ref_labels: str = "dataset",
 ) -> list[dict[str, Any]]:
     """Report rows of the cases (case, prediction, reference, spacing) whose values pass;
     records the others in `problems`. Once a problem is known and not `skip_missing`, cases
@@ -162,16 +193,17 @@ def _score_cases(
     from medtune.evaluation.report import case_row
 
     known = sorted(v for v in props.labels.values() if v != 0)
-    allowed = {0, *known}
-    source_only = set(props.source_labels.values()) - allowed
+    pred_conv = _Convention(props, pred_labels, "--pred-labels")
+    ref_conv = _Convention(props, ref_labels, "--ref-labels")
     mean_region = MEAN_REGION if len(props.regions) > 1 else None
     rows = []
     bar = tqdm(checked, desc="evaluate-folder", unit="case", file=sys.stderr, disable=not progress)
     for case, pred, ref, spacing in bar:
         bar.set_postfix_str(case)
-        got = _read_case(case, pred, ref, allowed, source_only)
-        if isinstance(got, str):
-            problems[case] = got
+        got = [conv.read(case, path) for conv, path in ((pred_conv, pred), (ref_conv, ref))]
+        bad = [g for g in got if isinstance(g, str)]
+        if bad:
+            problems[case] = bad[0]
             continue
         if problems and not skip_missing:
             continue  # only listing what is wrong from here on
@@ -200,11 +232,16 @@ def evaluate_folder(
     out: str | Path | None = None,
     skip_missing: bool = False,
     progress: bool = False,
+    pred_labels: str = "dataset",
+    ref_labels: str = "dataset",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Dice, HD95 (mm) and NSD per case and region of the predictions in `pred_dir` against the
     references in `ref_dir`, regions from `dataset_json` (plus their mean when there are
     several, as `medtune evaluate`).
 
+    `pred_labels` / `ref_labels`: the label convention of each folder (`LABEL_CONVENTIONS`);
+    `source` files are mapped to dataset.json's values before scoring (`medtune predict`
+    writes the source convention, e.g. BraTS ET 4 where a converted dataset has 3).
     Writes `per_case.csv`, `summary.json` and `summary.md` into `out` when given.
 
     Returns:
@@ -220,6 +257,11 @@ def evaluate_folder(
 
     if hd95 not in HD95_MODES:
         raise MedtuneInputError(f"--hd95: expected one of {', '.join(HD95_MODES)}, found {hd95!r}")
+    for flag, value in (("--pred-labels", pred_labels), ("--ref-labels", ref_labels)):
+        if value not in LABEL_CONVENTIONS:
+            raise MedtuneInputError(
+                f"{flag}: expected one of {', '.join(LABEL_CONVENTIONS)}, found {value!r}"
+            )
     if not (np.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
         raise MedtuneInputError(
             f"--nsd-tolerance: expected a number of mm >= 0, found {nsd_tolerance_mm}"
@@ -243,6 +285,8 @@ def evaluate_folder(
         nsd_tolerance_mm=nsd_tolerance_mm,
         skip_missing=skip_missing,
         progress=progress,
+        pred_labels=pred_labels,
+        ref_labels=ref_labels,
     )
     if problems and not skip_missing:
         raise CaseMismatchError([problems[c] for c in sorted(problems)])
@@ -260,6 +304,8 @@ def evaluate_folder(
             "geometry": "each reference file's voxel grid and spacing",
             "hd95": hd95,
             "nsd_tolerance_mm": nsd_tolerance_mm,
+            "pred_labels": pred_labels,
+            "ref_labels": ref_labels,
             "n_skipped": len(problems),
             "skipped": dict(sorted(problems.items())),
             "wall_time_s": round(time.perf_counter() - t0, 2),
