@@ -33,6 +33,53 @@ def _add_nonfinite(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Sliding-window flags of `predict` and `evaluate` (`medtune.inference.options`)."""
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        metavar="F",
+        help="sliding-window overlap in [0, 1) (default: the run's, paper 2/3)",
+    )
+    parser.add_argument(
+        "--sw-batch-size",
+        type=int,
+        metavar="N",
+        help="windows per model call (default: about 2^19 voxels per call)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="sliding window (default: the training crop); deeper than the crop needs the "
+        "resample depth filter",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="model precision (autocast; default bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="overlap 0.25 and a window twice the training depth (when the model accepts "
+        "it); explicit flags win",
+    )
+
+
+def _options(args: argparse.Namespace):
+    from medtune.inference.options import InferenceOptions
+
+    return InferenceOptions(
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        window=tuple(args.window) if args.window else None,
+        precision=args.precision,
+        fast=args.fast,
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -98,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="where the model runs (default: cuda when available); stitching stays on the CPU",
     )
     _add_nonfinite(p)
+    _add_inference_options(p)
     p.set_defaults(func=run_evaluate)
 
     q = sub.add_parser(
@@ -143,6 +191,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_nonfinite(q)
+    _add_inference_options(q)
     q.set_defaults(func=run_predict)
 
 
@@ -150,6 +199,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medtune.evaluation.evaluate import evaluate_run
     from medtune.evaluation.report import markdown_table
 
+    options = _options(args)
     summary = evaluate_run(
         args.run_dir if len(args.run_dir) > 1 else args.run_dir[0],
         args.data,
@@ -162,6 +212,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         nsd_tolerance_mm=args.nsd_tolerance,
         hd95=args.hd95,
         nonfinite=args.nonfinite,
+        options=options,
     )
     sys.stdout.write(markdown_table(summary))
     print(
@@ -185,6 +236,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from medtune.inference.predict import predict_files
 
+    options = _options(args)
     paths = predict_files(
         args.model_dir if len(args.model_dir) > 1 else args.model_dir[0],
         args.input,
@@ -194,6 +246,7 @@ def run_predict(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities,
         overwrite=args.overwrite,
         nonfinite=args.nonfinite,
+        options=options,
     )
     for p in paths:
         print(p)

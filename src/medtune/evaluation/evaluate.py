@@ -30,6 +30,7 @@ import numpy as np
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.io import read_label_map
+from medtune.inference.options import InferenceOptions
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 SPLITS = ("val", "train", "all", "test")
@@ -342,6 +343,7 @@ def evaluate_run(
     progress: bool = True,
     sw_batch_size: int | None = None,
     nonfinite: str = "error",
+    options: InferenceOptions | None = None,
 ) -> dict[str, Any]:
     """`medtune evaluate`: evaluate the best adapter of run `run_dir` on dataset `data_dir`;
     a list of several runs evaluates their ensemble (the mean softmax, see
@@ -364,6 +366,8 @@ def evaluate_run(
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (medpy's).
         sw_batch_size: windows per model call (default: the run's `train.sw_batch_size`).
+        options: `InferenceOptions` (window, overlap, batch, precision, fast, BatchNorm
+            folding) for a model loaded here; see `medtune.inference.options`.
         nonfinite: "error" or "zero" (NaN / Inf image voxels replaced by 0 after normalisation).
 
     Returns:
@@ -389,7 +393,7 @@ def evaluate_run(
     if ensemble or split == "test":
         refuse_overlap(ids, runs, cfgs, info, Path(data_dir), split)
     paths = [r.path for r in runs]
-    predictor = load_predictor(paths if ensemble else paths[0], device, sw_batch_size)
+    predictor = load_predictor(paths if ensemble else paths[0], device, sw_batch_size, options)
     fold_of_split = None if split == "test" else fold
     if out is None:
         out = runs[0].eval_dir(split, fold_of_split)

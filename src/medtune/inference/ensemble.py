@@ -30,6 +30,7 @@ import torch
 
 from medtune.core.errors import MedtuneInputError
 from medtune.data.props import DatasetProps
+from medtune.inference.options import InferenceOptions
 from medtune.inference.predictor import CasePrediction, Predictor, load_predictor, model_props
 
 MAY_DIFFER = ("regions", "file_ending")
@@ -153,9 +154,12 @@ class EnsemblePredictor:
 
 
 def load_ensemble(
-    paths: list[str | Path], device: str | None = "cpu", sw_batch_size: int | None = None
+    paths: list[str | Path],
+    device: str | None = "cpu",
+    sw_batch_size: int | None = None,
+    options: InferenceOptions | None = None,
 ) -> EnsemblePredictor:
     """Check that the runs `paths` share their data (before building any model), then load
     each of them onto `device` (all stay loaded; see the module docstring)."""
     ensemble_props(list(paths))
-    return EnsemblePredictor([load_predictor(p, device, sw_batch_size) for p in paths])
+    return EnsemblePredictor([load_predictor(p, device, sw_batch_size, options) for p in paths])

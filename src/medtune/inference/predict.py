@@ -49,6 +49,7 @@ from medtune.data.io import (
     write_like,
 )
 from medtune.inference.ensemble import EnsemblePredictor, ensemble_props
+from medtune.inference.options import InferenceOptions
 from medtune.inference.predictor import Predictor, load_predictor, restore_labels
 
 OUT_ENDING = ".nii.gz"
@@ -311,6 +312,7 @@ def predict_files(
     progress: bool = True,
     sw_batch_size: int | None = None,
     nonfinite: str = "error",
+    options: InferenceOptions | None = None,
 ) -> list[Path]:
     """`medtune predict`: write a label map per input case into `out_dir`.
 
@@ -325,6 +327,8 @@ def predict_files(
         save_probabilities: also write `CASE_probs.nii.gz` (float32, `(X, Y, Z, K)`).
         overwrite: replace existing outputs instead of refusing.
         sw_batch_size: windows per model call (default: the adapter's or run's setting, else 1).
+        options: `InferenceOptions` (window, overlap, batch, precision, fast, BatchNorm
+            folding) for a model loaded here; see `medtune.inference.options`.
         nonfinite: "error" (NaN / Inf input voxels are refused, naming the file and the count)
             or "zero" (replaced by 0 after normalisation; a note on stderr says how many).
 
@@ -363,14 +367,14 @@ def predict_files(
         channel_names = list(ds.get("channel_names") or [])
         predictor = None
         if not channel_names:
-            predictor = load_predictor(models, device, sw_batch_size)
+            predictor = load_predictor(models, device, sw_batch_size, options)
             channel_names = list(predictor.props.channel_names)
         cases = find_cases(inputs, channel_names)
     for case in cases:
         _check_headers(case, channel_names)
     _check_out(out, inputs, cases, save_probabilities, overwrite)
     if predictor is None:
-        predictor = load_predictor(models, device, sw_batch_size)
+        predictor = load_predictor(models, device, sw_batch_size, options)
     out.mkdir(parents=True, exist_ok=True)
 
     written = []

@@ -20,6 +20,7 @@ adapter; it is rebuilt with the run's seed (`train.seed` of `config.yaml`, else
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from medtune.artifacts.adapters import CONFIG_NAME
 from medtune.artifacts.run_dir import RunDir, resolve_model_dir
 from medtune.core.errors import BackboneMismatchError, MedtuneInputError
 from medtune.data.props import DatasetProps
+from medtune.inference.options import InferenceOptions, apply_options
 from medtune.inference.sliding_window import DEFAULT_OVERLAP
 
 if TYPE_CHECKING:
@@ -116,6 +118,10 @@ class Predictor:
     run_dir: Path | None = None
     run_config: Any = None
     """The run's `ExperimentConfig`, when loaded from a run directory."""
+    autocast: torch.dtype | None = None
+    """Autocast dtype of the model calls (None: fp32); see `medtune.inference.options`."""
+    fuse_note: str = ""
+    """What BatchNorm folding did (`medtune.inference.fuse.checked_fuse`), for reports."""
 
     def __post_init__(self) -> None:
         self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
@@ -146,6 +152,7 @@ class Predictor:
             sw_batch_size=self.sw_batch_size,
             device=self.device,
             stitch_device="cpu",
+            autocast=self.autocast,
             num_classes=self.props.num_classes,
             progress=progress,
         )
@@ -271,13 +278,18 @@ def model_props(path: str | Path) -> DatasetProps:
 
 
 def load_predictor(
-    path: str | Path | list | tuple, device: str | None = "cpu", sw_batch_size: int | None = None
+    path: str | Path | list | tuple,
+    device: str | None = "cpu",
+    sw_batch_size: int | None = None,
+    options: InferenceOptions | None = None,
 ) -> Predictor | EnsemblePredictor:
     """Load the model of a run directory or an adapter folder onto `device` (see module doc);
     a list of several -> an `EnsemblePredictor` of them (`medtune.inference.ensemble`).
 
     `sw_batch_size` (windows per model call) defaults to the adapter's `extra["sw_batch_size"]`,
     else the run's `train.sw_batch_size`, else 1; more windows per call are faster on a CPU.
+    `options` (`InferenceOptions`: window, overlap, batch, precision, fast, BatchNorm folding)
+    are applied last; an explicit `sw_batch_size` wins over the automatic batch.
     """
     from medtune.artifacts.adapters import read_adapter_config
 
@@ -285,7 +297,7 @@ def load_predictor(
         if len(path) != 1:
             from medtune.inference.ensemble import load_ensemble
 
-            return load_ensemble(path, device, sw_batch_size)
+            return load_ensemble(path, device, sw_batch_size, options)
         path = path[0]
     adapter_dir, run = resolve_model_dir(path)
     config = read_adapter_config(adapter_dir)
@@ -317,7 +329,7 @@ def load_predictor(
     model.to(dev)
     batch = sw_batch_size or extra.get("sw_batch_size")
     batch = batch or (run_cfg.train.sw_batch_size if run_cfg else 1)
-    return Predictor(
+    predictor = Predictor(
         model=model,
         props=props,
         window=tuple(window),
@@ -328,3 +340,7 @@ def load_predictor(
         run_dir=run.path if run else None,
         run_config=run_cfg,
     )
+    opts = options or InferenceOptions()
+    if sw_batch_size is not None and opts.sw_batch_size is None:
+        opts = dataclasses.replace(opts, sw_batch_size=int(sw_batch_size))
+    return apply_options(predictor, opts)
