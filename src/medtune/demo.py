@@ -7,8 +7,10 @@
    its own);
 3. evaluate the three runs on the held-out phantoms (`medtune evaluate`), beside a non-learned
    baseline (an Otsu threshold of FLAIR for the whole tumour);
-4. predict one held-out case (`medtune predict`);
-5. write `report.md` with the table, `dice_vs_params.png` and `overlay.png`.
+4. slice context (`medtune.demo_context`): the three methods over two seeds on the 'context'
+   phantoms, where lesions and vessels look alike within a slice;
+5. predict one held-out case (`medtune predict`);
+6. write `report.md` with both tables, the stage times, `dice_vs_params.png` and `overlay.png`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from medtune.core.atomic import atomic_write, atomic_write_text
 from medtune.core.configbase import dump_yaml
+from medtune.demo_context import FULL_CONTEXT, QUICK_CONTEXT, context_section, run_context
 
 METHODS = ("med_adapter", "head", "full")
 
@@ -55,7 +58,7 @@ FULL = DemoPlan(
     test_cases=6,
     shape=(48, 64, 64),
     crop=(16, 64, 64),
-    epochs=16,
+    epochs=12,
     samples_per_epoch=32,
     val_every=4,
 )
@@ -107,16 +110,39 @@ def demo_config(method: str, plan: DemoPlan, data_root: Path) -> dict[str, Any]:
     }
 
 
+def _context_dice(out: Path, name: str, root: Path) -> dict[str, float]:
+    """Mean Dice per label of run `name` on the dataset in `root`."""
+    from medtune.evaluation.evaluate import evaluate_run
+
+    ev = evaluate_run(
+        out / "runs" / name,
+        root,
+        split="all",
+        out=out / "eval" / name,
+        device="cpu",
+        progress=False,
+        sw_batch_size=4,
+    )
+    return {g: ms["dice"]["mean"] for g, ms in ev["metrics"].items() if "dice" in ms}
+
+
+def _stage_lines(stages: dict[str, float]) -> list[str]:
+    """Markdown table of the demo's stage times."""
+    lines = ["## Stage times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
+    return lines + [""]
+
+
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def _train(method: str, plan: DemoPlan, data_root: Path, out: Path) -> dict[str, Any]:
-    """Run `medtune train` for one method in its own process; returns its train_summary."""
-    run_dir = out / "runs" / method
-    cfg_path = out / "configs" / f"{method}.yaml"
+def _train(name: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run `medtune train` on `cfg` in its own process as run `name`; returns its train_summary."""
+    run_dir = out / "runs" / name
+    cfg_path = out / "configs" / f"{name}.yaml"
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    dump_yaml(demo_config(method, plan, data_root), cfg_path)
+    dump_yaml(cfg, cfg_path)
     cmd = [
         sys.executable,
         "-m",
@@ -130,7 +156,7 @@ def _train(method: str, plan: DemoPlan, data_root: Path, out: Path) -> dict[str,
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"medtune train for {method} failed with exit code {res.returncode}")
+        raise RuntimeError(f"medtune train for {name} failed with exit code {res.returncode}")
     _say(res.stdout.strip())
     return json.loads((run_dir / "train_summary.json").read_text())
 
@@ -229,6 +255,7 @@ def _report(
     regions: list[str],
     otsu: dict[str, float],
     wall: float,
+    extra: list[str],
 ) -> str:
     head = ["method", "tuned params", "tuned %"] + [f"Dice {g}" for g in regions] + ["mean Dice"]
     head += [f"HD95 {g} (mm)" for g in regions] + ["train time (s)", "peak memory (GB)"]
@@ -258,6 +285,7 @@ def _report(
         "",
         *lines,
         "",
+        *extra,
         f"Demo wall time: {wall:.0f} s. Runs, configs and evaluation files: `runs/`, `configs/`, `eval/`; "
         "prediction of one held-out case: `prediction/`.",
         "",
@@ -288,14 +316,18 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
         write_phantoms("brats", plan.train_cases, train_root, seed=0, shape=plan.shape)
     if not (test_root / "dataset.json").is_file():
         write_phantoms("brats", plan.test_cases, test_root, seed=1000, shape=plan.shape)
+    stages: dict[str, float] = {"phantoms": time.time() - t0}
     rows = []
     regions: list[str] = []
     for i, method in enumerate(METHODS, 1):
         _say(
             f"[{i}/{len(METHODS)}] training {method} ({plan.epochs} epochs x {plan.samples_per_epoch} crops)"
         )
-        summary = _train(method, plan, train_root, out)
+        t = time.time()
+        summary = _train(method, demo_config(method, plan, train_root), out)
+        stages[f"train {method}"] = time.time() - t
         _say(f"[{i}/{len(METHODS)}] evaluating {method} on the held-out phantoms")
+        t = time.time()
         ev = evaluate_run(
             out / "runs" / method,
             test_root,
@@ -305,6 +337,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
             progress=False,
             sw_batch_size=4,
         )
+        stages[f"eval {method}"] = time.time() - t
         metrics = {f"{g}/{k}": v["mean"] for g, ms in ev["metrics"].items() for k, v in ms.items()}
         regions = [g for g in ev["metrics"] if g not in ("composite", "mean")]
         rows.append(
@@ -317,6 +350,17 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
                 "peak_memory_gb": summary.get("peak_rss_gb", float("nan")),
             }
         )
+    context = run_context(
+        out,
+        QUICK_CONTEXT if quick else FULL_CONTEXT,
+        METHODS,
+        lambda m: demo_config(m, plan, train_root),
+        lambda name, cfg: _train(name, cfg, out),
+        lambda name, root: _context_dice(out, name, root),
+        _say,
+    )
+    stages.update(context["stages"])
+    t = time.time()
     _say("non-learned baseline: Otsu threshold of FLAIR (whole tumour)")
     info = load_dataset(test_root)
     otsu = otsu_baseline(info)
@@ -335,8 +379,10 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
     flair = _flair_index(info)
     _plot_overlay(case.images[flair], case.label, preds[0], out / "overlay.png")
     _plot_dice_vs_params(rows, regions, out / "dice_vs_params.png")
+    stages["baseline, prediction, figures"] = time.time() - t
     wall = time.time() - t0
-    table = _report(out, plan, rows, regions, otsu, wall)
+    extra = context_section(context, QUICK_CONTEXT if quick else FULL_CONTEXT)
+    table = _report(out, plan, rows, regions, otsu, wall, extra + _stage_lines(stages))
     print(table)
     _say(f"done in {wall:.0f} s: {out / 'report.md'}")
     return out / "report.md"

@@ -38,6 +38,15 @@ def test_demo_quick_writes_report_and_figures(tmp_path, capsys):
     for png in ("dice_vs_params.png", "overlay.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # slice-context section: a Dice number per label for each method, and the ambiguity figure
+    ctx = report[report.index("## Slice context") :]
+    assert re.search(r"balanced accuracy \d\.\d\d .*with \d\.\d\d", ctx)
+    for method in ("med_adapter", "head", "full"):
+        row = re.search(rf"^\| {method} \|(.*)$", ctx, re.M)
+        assert row, f"{method} row missing from the slice-context table"
+        dice = re.findall(r"\| (\d\.\d{3})", row.group(0))
+        assert len(dice) == 4 and all(0 <= float(d) <= 1 for d in dice), row.group(0)
+    assert "## Stage times" in report and "context train head s0" in report
     preds = list((out / "prediction").glob("*.nii.gz"))
     assert len(preds) == 1
     assert "| med_adapter" in capsys.readouterr().out  # the table also goes to stdout

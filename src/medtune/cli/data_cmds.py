@@ -95,14 +95,15 @@ def register(subparsers) -> None:
     """Add the data subcommands to the `medtune` parser."""
     p = subparsers.add_parser(
         "phantoms",
-        help="write synthetic BraTS-like or KiTS-like datasets",
+        help="write synthetic BraTS-like, KiTS-like or slice-context datasets",
         description="Write synthetic phantoms as an nnU-Net raw dataset.",
     )
     p.add_argument(
         "--kind",
         required=True,
-        choices=["brats", "kits"],
-        help="BraTS-like 4-channel MRI or KiTS-like CT",
+        choices=["brats", "kits", "context"],
+        help="BraTS-like 4-channel MRI, KiTS-like CT, or slice-context CT (lesions and vessels "
+        "that look alike within a slice)",
     )
     p.add_argument("--cases", required=True, type=int, help="number of cases")
     p.add_argument("--out", required=True, help="output dataset folder")

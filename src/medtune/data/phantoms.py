@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from scipy import ndimage
 from medtune.core.configbase import from_dict
 from medtune.core.errors import MedtuneInputError
 from medtune.data.io import save_json, save_nifti
+from medtune.data.phantom_context import (
+    CONTEXT_CHANNELS,
+    CONTEXT_LABELS,
+    CONTEXT_MEDTUNE,
+    ContextPhantomConfig,
+    context_case,
+)
 
 DEFAULT_SHAPE = (64, 96, 96)
 """Default phantom size (D, H, W) = (Z, X, Y) voxels."""
@@ -338,20 +346,57 @@ def _kits_case(rng: np.random.Generator, shape_dhw, cfg: KitsPhantomConfig):
     return np.clip(hu, -1024, 3071)[None], label, g
 
 
+@dataclass(frozen=True)
+class PhantomKind:
+    """One pluggable phantom kind: its knobs, its generator and its nnU-Net metadata."""
+
+    config: type
+    """Knob dataclass (`BratsPhantomConfig`, ...)."""
+    case: Callable
+    """(rng, shape_dhw, cfg) -> (images (C, X, Y, Z), label (X, Y, Z), grid) on an RAS grid."""
+    axcodes: tuple[str, str, str]
+    """Storage axis order on disk."""
+    tilt_deg: float
+    """Maximum in-plane tilt of the stored affine."""
+    stream: int
+    """Random stream of the kind (kept fixed so that old seeds give the same phantoms)."""
+    name: str
+    """dataset.json `name`."""
+    channels: list[str]
+    labels: dict[str, int]
+    medtune: dict
+
+
+PHANTOM_KINDS: dict[str, PhantomKind] = {}
+"""The registry of phantom kinds (`medtune phantoms --kind`)."""
+
+
+def register_phantom_kind(kind: str, spec: PhantomKind) -> None:
+    """Add a phantom kind to `PHANTOM_KINDS`."""
+    PHANTOM_KINDS[kind] = spec
+
+
+def phantom_kind(kind: str) -> PhantomKind:
+    """The registered kind, or a one-line error naming the known ones."""
+    spec = PHANTOM_KINDS.get(kind)
+    if spec is None:
+        raise MedtuneInputError(
+            f"--kind: expected one of {', '.join(PHANTOM_KINDS)}, found '{kind}'"
+        )
+    return spec
+
+
 def make_phantom(kind: str, seed: int, index: int, shape=None, **knobs):
-    """One case: (images (C, X, Y, Z) RAS float32, label (X, Y, Z) uint8, affine (4, 4), axcodes)."""
+    """One case: (images (C, X, Y, Z) as stored, label (X, Y, Z) uint8, affine (4, 4))."""
+    spec = phantom_kind(kind)
     shape = tuple(int(s) for s in (shape or DEFAULT_SHAPE))
     if len(shape) != 3 or min(shape) < 8:
         raise MedtuneInputError(f"phantom shape: expected 3 sizes (D H W) >= 8, found {shape}")
-    rng = np.random.default_rng([int(seed), int(index), 0 if kind == "brats" else 1])
-    if kind == "brats":
-        img, lab, g = _brats_case(rng, shape, from_dict(BratsPhantomConfig, knobs, "phantom knobs"))
-        ornt, affine = _affine_and_storage(g, ("L", "P", "S"), tilt_deg=rng.uniform(-6, 6))
-    elif kind == "kits":
-        img, lab, g = _kits_case(rng, shape, from_dict(KitsPhantomConfig, knobs, "phantom knobs"))
-        ornt, affine = _affine_and_storage(g, ("S", "P", "L"), tilt_deg=rng.uniform(-4, 4))
-    else:
-        raise MedtuneInputError(f"phantom kind: expected 'brats' or 'kits', found '{kind}'")
+    rng = np.random.default_rng([int(seed), int(index), spec.stream])
+    img, lab, g = spec.case(rng, shape, from_dict(spec.config, knobs, "phantom knobs"))
+    ornt, affine = _affine_and_storage(
+        g, spec.axcodes, tilt_deg=rng.uniform(-spec.tilt_deg, spec.tilt_deg)
+    )
     img = np.stack([nib.orientations.apply_orientation(c, ornt) for c in img])
     lab = nib.orientations.apply_orientation(lab, ornt)
     return img, np.ascontiguousarray(lab), affine
@@ -366,10 +411,10 @@ def write_phantoms(
     overwrite: bool = False,
     **knobs,
 ) -> Path:
-    """Write `cases` phantoms of `kind` ('brats' | 'kits') as an nnU-Net raw dataset in `out`.
+    """Write `cases` phantoms of `kind` (a key of `PHANTOM_KINDS`) as an nnU-Net raw dataset in `out`.
 
-    `shape` is (D, H, W) voxels (default `DEFAULT_SHAPE`); `knobs` are fields of
-    `BratsPhantomConfig` / `KitsPhantomConfig`. `out` must be new or empty; a phantom dataset
+    `shape` is (D, H, W) voxels (default `DEFAULT_SHAPE`); `knobs` are fields of the kind's
+    config (`BratsPhantomConfig`, `KitsPhantomConfig`, `ContextPhantomConfig`). `out` must be new or empty; a phantom dataset
     written before is replaced only with `overwrite` (a note on stderr says what was replaced),
     any other content is refused. The dataset is written beside `out` under a temporary name
     and moved in when complete, so a failure leaves `out` as it was. Returns `out`.
@@ -377,10 +422,7 @@ def write_phantoms(
     out = Path(out)
     if cases < 1:
         raise MedtuneInputError(f"--cases: expected >= 1, found {cases}")
-    cfg_cls = {"brats": BratsPhantomConfig, "kits": KitsPhantomConfig}.get(kind)
-    if cfg_cls is None:
-        raise MedtuneInputError(f"--kind: expected 'brats' or 'kits', found '{kind}'")
-    cfg = from_dict(cfg_cls, knobs, "phantom knobs")
+    cfg = from_dict(phantom_kind(kind).config, knobs, "phantom knobs")
     shape = tuple(int(s) for s in (shape or DEFAULT_SHAPE))
     if len(shape) != 3 or min(shape) < 8:
         raise MedtuneInputError(f"--shape: expected 3 sizes (D H W) >= 8, found {shape}")
@@ -419,8 +461,8 @@ def _write_dataset(kind: str, cases: int, out: Path, seed: int, shape, cfg, knob
                 dtype=np.int16,
             )
         save_nifti(lab, affine, out / "labelsTr" / f"{case_id}.nii.gz", dtype=np.uint8)
-    brats = kind == "brats"
-    meta = dict(BRATS_MEDTUNE if brats else KITS_MEDTUNE)
+    spec = phantom_kind(kind)
+    meta = dict(spec.medtune)
     meta["edition"] = "phantom"
     meta["phantom"] = {
         "kind": kind,
@@ -430,10 +472,10 @@ def _write_dataset(kind: str, cases: int, out: Path, seed: int, shape, cfg, knob
     }
     save_json(
         {
-            "name": "BraTSPhantom" if brats else "KiTSPhantom",
+            "name": spec.name,
             "description": f"medtune synthetic {kind} phantoms (seed {seed})",
-            "channel_names": {str(i): n for i, n in enumerate(BRATS_CHANNELS if brats else ["CT"])},
-            "labels": BRATS_LABELS if brats else KITS_LABELS,
+            "channel_names": {str(i): n for i, n in enumerate(spec.channels)},
+            "labels": spec.labels,
             "numTraining": cases,
             "file_ending": ".nii.gz",
             "medtune": meta,
@@ -489,3 +531,51 @@ def _move_in(tmp: Path, out: Path) -> None:
 
 def _plain(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _context_case(rng, shape_dhw, cfg):
+    return context_case(rng, shape_dhw, cfg, _Grid, _spacing(shape_dhw, cfg.fov))
+
+
+register_phantom_kind(
+    "brats",
+    PhantomKind(
+        BratsPhantomConfig,
+        _brats_case,
+        ("L", "P", "S"),
+        6.0,
+        0,
+        "BraTSPhantom",
+        BRATS_CHANNELS,
+        BRATS_LABELS,
+        BRATS_MEDTUNE,
+    ),
+)
+register_phantom_kind(
+    "kits",
+    PhantomKind(
+        KitsPhantomConfig,
+        _kits_case,
+        ("S", "P", "L"),
+        4.0,
+        1,
+        "KiTSPhantom",
+        ["CT"],
+        KITS_LABELS,
+        KITS_MEDTUNE,
+    ),
+)
+register_phantom_kind(
+    "context",
+    PhantomKind(
+        ContextPhantomConfig,
+        _context_case,
+        ("L", "P", "S"),
+        5.0,
+        2,
+        "ContextPhantom",
+        CONTEXT_CHANNELS,
+        CONTEXT_LABELS,
+        CONTEXT_MEDTUNE,
+    ),
+)
