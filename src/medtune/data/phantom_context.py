@@ -26,6 +26,14 @@ CONTEXT_MEDTUNE = {
 }
 
 
+def check_range(name: str, value, lo: float, hi: float = math.inf) -> None:
+    """Refuse a phantom knob `(min, max)` unless `lo <= min <= max <= hi`."""
+    if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
+        raise MedtuneInputError(
+            f"phantom knob {name}: expected (min, max) with {lo} <= min <= max <= {hi}, found {tuple(value)}"
+        )
+
+
 @dataclass
 class ContextPhantomConfig:
     """Knobs of the slice-context phantoms (lengths in mm, intensities in HU)."""
@@ -44,11 +52,7 @@ class ContextPhantomConfig:
     """Field of view (X, Y, Z) in mm; the voxel spacing is fov / shape."""
 
     def __post_init__(self) -> None:
-        lo, hi = self.radius if len(self.radius) == 2 else (0, -1)
-        if not 1.0 <= lo <= hi:
-            raise MedtuneInputError(
-                f"phantom knob radius: expected (min, max) with 1 <= min <= max, found {tuple(self.radius)}"
-            )
+        check_range("radius", self.radius, 1.0)
         if self.lesions < 0 or self.vessels < 0 or self.noise < 0:
             raise MedtuneInputError(
                 "phantom knobs lesions, vessels, noise: expected >= 0, found "

@@ -30,6 +30,7 @@ from medtune.data.phantom_context import (
     CONTEXT_LABELS,
     CONTEXT_MEDTUNE,
     ContextPhantomConfig,
+    check_range,
     context_case,
 )
 
@@ -81,9 +82,9 @@ class BratsPhantomConfig:
     """Field of view (X, Y, Z) in mm; the voxel spacing is fov / shape (anisotropic)."""
 
     def __post_init__(self) -> None:
-        _check_range("tumour_radius", self.tumour_radius, 1.0)
-        _check_range("core_fraction", self.core_fraction, 0.05, 1.0)
-        _check_range("vessel_radius", self.vessel_radius, 0.1)
+        check_range("tumour_radius", self.tumour_radius, 1.0)
+        check_range("core_fraction", self.core_fraction, 0.05, 1.0)
+        check_range("vessel_radius", self.vessel_radius, 0.1)
         for name in ("noise", "bias_field", "rim_thickness"):
             if getattr(self, name) < 0:
                 raise MedtuneInputError(
@@ -109,18 +110,11 @@ class KitsPhantomConfig:
     """Field of view (X, Y, Z) in mm; the voxel spacing is fov / shape (anisotropic)."""
 
     def __post_init__(self) -> None:
-        _check_range("tumour_radius", self.tumour_radius, 1.0)
+        check_range("tumour_radius", self.tumour_radius, 1.0)
         if self.noise < 0 or not 0 <= self.bilateral_prob <= 1:
             raise MedtuneInputError(
                 f"phantom knobs noise >= 0 and bilateral_prob in [0, 1], found {self.noise}, {self.bilateral_prob}"
             )
-
-
-def _check_range(name: str, value, lo: float, hi: float = math.inf) -> None:
-    if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
-        raise MedtuneInputError(
-            f"phantom knob {name}: expected (min, max) with {lo} <= min <= max <= {hi}, found {tuple(value)}"
-        )
 
 
 class _Grid:
