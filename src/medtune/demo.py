@@ -110,19 +110,23 @@ def demo_config(method: str, plan: DemoPlan, data_root: Path) -> dict[str, Any]:
     }
 
 
-def _context_dice(out: Path, name: str, root: Path) -> dict[str, float]:
-    """Mean Dice per label of run `name` on the dataset in `root`."""
+def _evaluate(out: Path, name: str, root: Path) -> dict[str, Any]:
+    """`medtune evaluate` of run `name` on every case of the dataset in `root` (on the CPU)."""
     from medtune.evaluation.evaluate import evaluate_run
 
-    ev = evaluate_run(
+    return evaluate_run(
         out / "runs" / name,
         root,
         split="all",
         out=out / "eval" / name,
         device="cpu",
         progress=False,
-        sw_batch_size=4,
     )
+
+
+def _context_dice(out: Path, name: str, root: Path) -> dict[str, float]:
+    """Mean Dice per label of run `name` on the dataset in `root`."""
+    ev = _evaluate(out, name, root)
     return {g: ms["dice"]["mean"] for g, ms in ev["metrics"].items() if "dice" in ms}
 
 
@@ -303,7 +307,6 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
     """Run the demo into `out`; returns the path of `report.md`."""
     from medtune.data.dataset import load_dataset
     from medtune.data.phantoms import write_phantoms
-    from medtune.evaluation.evaluate import evaluate_run
     from medtune.inference.predict import predict_files
 
     t0 = time.time()
@@ -328,15 +331,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
         stages[f"train {method}"] = time.time() - t
         _say(f"[{i}/{len(METHODS)}] evaluating {method} on the held-out phantoms")
         t = time.time()
-        ev = evaluate_run(
-            out / "runs" / method,
-            test_root,
-            split="all",
-            out=out / "eval" / method,
-            device="cpu",
-            progress=False,
-            sw_batch_size=4,
-        )
+        ev = _evaluate(out, method, test_root)
         stages[f"eval {method}"] = time.time() - t
         metrics = {f"{g}/{k}": v["mean"] for g, ms in ev["metrics"].items() for k, v in ms.items()}
         regions = [g for g in ev["metrics"] if g not in ("composite", "mean")]

@@ -365,7 +365,7 @@ def evaluate_run(
         device: "auto", "cpu" or "cuda" for the model; stitching is on the CPU.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         hd95: "directed" (max of the two directed 95th percentiles) or "pooled" (medpy's).
-        sw_batch_size: windows per model call (default: the run's `train.sw_batch_size`).
+        sw_batch_size: windows per model call (default: automatic, see `InferenceOptions`).
         options: `InferenceOptions` (window, overlap, batch, precision, fast, BatchNorm
             folding) for a model loaded here; see `medtune.inference.options`.
         nonfinite: "error" or "zero" (NaN / Inf image voxels replaced by 0 after normalisation).

@@ -81,11 +81,16 @@ def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype |
     return torch.bfloat16 if name == "bf16" else None
 
 
-def _trial(predictor: Predictor, window: tuple[int, int, int], what: str) -> torch.Tensor:
-    """One zero-mean random window through the model; a refusal names the window."""
+def _trial_input(predictor: Predictor, window: tuple[int, ...]) -> torch.Tensor:
+    """One zero-mean random window `(1, C, d, h, w)` on the predictor's device."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((1, predictor.props.num_channels, *window), generator=gen)
-    x = x.to(predictor.device)
+    return x.to(predictor.device)
+
+
+def _trial(predictor: Predictor, window: tuple[int, int, int], what: str) -> torch.Tensor:
+    """`_trial_input` through the model; a refusal names the window."""
+    x = _trial_input(predictor, window)
     try:
         with torch.inference_mode():
             predictor.model(x)
@@ -127,6 +132,7 @@ def apply_options(predictor: Predictor, options: InferenceOptions | None) -> Pre
     if opts.fuse and isinstance(predictor.model, torch.nn.Module):
         from medtune.inference.fuse import checked_fuse
 
-        trial = _trial(predictor, predictor.window, "window")
+        # the window is the training crop or one `_trial` above accepted: no third forward
+        trial = _trial_input(predictor, predictor.window)
         predictor.model, predictor.fuse_note = checked_fuse(predictor.model, trial)
     return predictor

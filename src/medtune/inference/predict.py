@@ -326,7 +326,7 @@ def predict_files(
         tta: "none" or "flip8".
         save_probabilities: also write `CASE_probs.nii.gz` (float32, `(X, Y, Z, K)`).
         overwrite: replace existing outputs instead of refusing.
-        sw_batch_size: windows per model call (default: the adapter's or run's setting, else 1).
+        sw_batch_size: windows per model call (default: automatic, see `InferenceOptions`).
         options: `InferenceOptions` (window, overlap, batch, precision, fast, BatchNorm
             folding) for a model loaded here; see `medtune.inference.options`.
         nonfinite: "error" (NaN / Inf input voxels are refused, naming the file and the count)

@@ -286,10 +286,9 @@ def load_predictor(
     """Load the model of a run directory or an adapter folder onto `device` (see module doc);
     a list of several -> an `EnsemblePredictor` of them (`medtune.inference.ensemble`).
 
-    `sw_batch_size` (windows per model call) defaults to the adapter's `extra["sw_batch_size"]`,
-    else the run's `train.sw_batch_size`, else 1; more windows per call are faster on a CPU.
     `options` (`InferenceOptions`: window, overlap, batch, precision, fast, BatchNorm folding)
-    are applied last; an explicit `sw_batch_size` wins over the automatic batch.
+    are applied last. `sw_batch_size` (windows per model call) defaults to `options`', else
+    the automatic batch (`medtune.inference.options.auto_sw_batch_size`).
     """
     from medtune.artifacts.adapters import read_adapter_config
 
@@ -327,14 +326,11 @@ def load_predictor(
     model = _build_model(adapter_dir, config, seed, seed_from)
     model.eval()
     model.to(dev)
-    batch = sw_batch_size or extra.get("sw_batch_size")
-    batch = batch or (run_cfg.train.sw_batch_size if run_cfg else 1)
     predictor = Predictor(
         model=model,
         props=props,
         window=tuple(window),
         overlap=float(overlap),
-        sw_batch_size=int(batch),
         device=dev,
         source=str(adapter_dir),
         run_dir=run.path if run else None,
