@@ -7,10 +7,11 @@ import pytest
 
 from medtune.cli import main
 from medtune.core.errors import MedtuneInputError
+from medtune.data.cached import load_case
 from medtune.data.check import check_dataset
 from medtune.data.convert import convert
 from medtune.data.dataset import load_dataset
-from medtune.data.preprocess import load_case, preprocess_dataset
+from medtune.data.preprocess import preprocess_dataset
 
 SHAPE = (6, 7, 5)
 AFF = np.diag([-1.0, -1.0, 1.0, 1.0])

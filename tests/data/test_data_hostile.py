@@ -11,11 +11,12 @@ import pytest
 
 from medtune.cli import main
 from medtune.core.errors import MedtuneInputError
-from medtune.data import preprocess
+from medtune.data import cached, preprocess
+from medtune.data.cached import load_case
 from medtune.data.config import DataConfig
 from medtune.data.io import load_images, read_label_map
 from medtune.data.loaders import TrainCropDataset, VolumeDataset
-from medtune.data.preprocess import PROPS_FILE, load_case, preprocess_dataset
+from medtune.data.preprocess import PROPS_FILE, preprocess_dataset
 
 
 def _resave(path, arr, affine=None, dtype=None):
@@ -76,12 +77,12 @@ def test_cases_record_their_checks_and_old_caches_are_rebuilt(brats_root, tmp_pa
 def test_training_readers_check_cases_without_a_record(brats_root, tmp_path):
     cache = preprocess_dataset(brats_root, tmp_path / "cache")
     ids = ["brats_000", "brats_001", "brats_002"]
-    assert preprocess.verify_cached_cases(cache, ids) == []  # every case recorded: nothing re-read
+    assert cached.verify_cached_cases(cache, ids) == []  # every case recorded: nothing re-read
     meta_file = cache / "cases/brats_001.json"
     meta = json.loads(meta_file.read_text())
     del meta["checks"]  # as an older medtune wrote it
     meta_file.write_text(json.dumps(meta))
-    assert preprocess.verify_cached_cases(cache, ids) == ["brats_001"]  # clean: checked, accepted
+    assert cached.verify_cached_cases(cache, ids) == ["brats_001"]  # clean: checked, accepted
     img = np.load(cache / "cases/brats_001.npy")
     img[0, 3, 4, 5] = np.nan
     np.save(cache / "cases/brats_001.npy", img)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from medtune.core.errors import MedtuneInputError
+from medtune.data.cached import load_case
 from medtune.data.config import DataConfig
 from medtune.data.loaders import TrainCropDataset, VolumeDataset
-from medtune.data.preprocess import load_case
 from medtune.data.splits import get_splits, make_splits
 from medtune.training.datamodule import train_loader
 

@@ -8,10 +8,10 @@ import pytest
 
 from medtune.cli import main
 from medtune.core.errors import MedtuneInputError
+from medtune.data.cached import load_case
 from medtune.data.io import save_json
 from medtune.data.preprocess import (
     ensure_cache,
-    load_case,
     preprocess_dataset,
     preprocess_image,
     read_cache_index,

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from medtune.artifacts.adapters import load_adapter
-from medtune.data.preprocess import load_case
+from medtune.data.cached import load_case
 from medtune.inference.sliding_window import predict_volume, probs_to_labels
 from medtune.training.module import region_dice
 from medtune.training.run import load_run_config

@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from medtune.core.errors import MedtuneInputError
+from medtune.data.cached import load_case_arrays, verify_cached_cases
 from medtune.data.config import DataConfig
-from medtune.data.preprocess import load_case_arrays, verify_cached_cases
 
 
 class TrainCropDataset(Dataset):
