@@ -39,13 +39,17 @@ unfolds slices into a volume (`grid_to_volume`) sees the stage's volume `(B, C, 
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.slicing import SliceContext
@@ -83,6 +87,37 @@ class FeatureInfo:
 CAPABILITIES = ("pre_block", "transformer_blocks", "prompt_tokens", "window_attention", "slices")
 """Kinds of insertion a family may offer (see the module docstring); `slices` is derived from
 `folds_slices` by `Backbone.offers()`, never declared."""
+
+
+class KeepRunningStats:
+    """Context of a checkpointed block's recomputation: BatchNorm layers in training mode keep
+    the running statistics of the first forward pass (the recomputation normalises with the
+    same batch statistics, so outputs and gradients are unchanged, but would update the running
+    mean and variance a second time)."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.norms = [
+            m
+            for mod in modules
+            for m in mod.modules()
+            if isinstance(m, _BatchNorm) and m.training and m.running_mean is not None
+        ]
+        self.saved: list[list[torch.Tensor]] = []
+
+    @staticmethod
+    def _buffers(m: _BatchNorm) -> list[torch.Tensor]:
+        return [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+    def __enter__(self) -> KeepRunningStats:
+        self.saved = [[b.clone() for b in self._buffers(m)] for m in self.norms]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved):
+                for b, v in zip(self._buffers(m), saved):
+                    b.copy_(v)
+        self.saved = []
 
 
 class Backbone(nn.Module):
@@ -134,6 +169,46 @@ class Backbone(nn.Module):
         self.feature_info: list[FeatureInfo] = []
         self.notes: list[str] = []
         """What the family changed about the timm model or its input (in the load report)."""
+        self.activation_checkpointing = False
+        """Recompute each block with its inserted modules in the backward pass instead of
+        keeping their activations (`train.activation_checkpointing`; training only)."""
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Turn activation checkpointing of the blocks on or off (see `run_checkpointed`)."""
+        self.activation_checkpointing = bool(enabled)
+
+    def run_checkpointed(
+        self, i: int, fn: Callable[..., Any], *args: Any, ctx: SliceContext, block: nn.Module
+    ) -> Any:
+        """`fn(*args)`: frozen block `i` (`block`) with the modules inserted before and after it.
+
+        With `activation_checkpointing` in training, it runs under `torch.utils.checkpoint`
+        (non-reentrant): only its inputs are kept, and the backward pass runs it again. The
+        recomputation starts from the `ctx.state` the block first saw (methods hand state
+        from block to block through it) and leaves BatchNorm running statistics as they were
+        (`KeepRunningStats`); dropout and drop-path draw the same numbers (checkpoint restores
+        the RNG state)."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        key = str(i)
+        modules = [block] + [d[key] for d in (self.pre_block, self.post_block) if key in d]
+
+        def region(state: dict[str, Any], *inputs: Any) -> tuple[Any, dict[str, Any]]:
+            ctx.state.clear()
+            ctx.state.update(state)
+            out = fn(*inputs)
+            return out, dict(ctx.state)
+
+        out, state = checkpoint(
+            region,
+            dict(ctx.state),
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), KeepRunningStats(modules)),
+        )
+        ctx.state.clear()
+        ctx.state.update(state)
+        return out
 
     def offers(self) -> frozenset[str]:
         """`capabilities`, plus `slices` when the family runs over the slices of the volume."""

@@ -12,12 +12,44 @@ is an insertion point and a stage end.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medtune.core.errors import MedtuneInputError
-from medtune.modeling.backbones.base import FeatureInfo, InsertionPoint, SliceBackbone
+from medtune.modeling.backbones.base import (
+    FeatureInfo,
+    InsertionPoint,
+    KeepRunningStats,
+    SliceBackbone,
+)
 from medtune.modeling.slicing import SliceContext
+
+
+class _CheckpointedForward:
+    """Instance `forward` of a CNN block under activation checkpointing: in training, its
+    class's `forward` runs under `torch.utils.checkpoint` (non-reentrant; BatchNorm running
+    statistics kept by `KeepRunningStats`). Forward hooks, where the inserted modules run,
+    stay outside: their activations are kept."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        m = self.module
+        fwd = type(m).forward
+        if not (m.training and torch.is_grad_enabled()):
+            return fwd(m, *args, **kwargs)
+        return checkpoint(
+            fwd,
+            m,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), KeepRunningStats([m])),
+            **kwargs,
+        )
 
 
 class _StageHook:
@@ -60,6 +92,29 @@ class CNNSliceBackbone(SliceBackbone):
             InsertionPoint(k, f.channels, f.stride, k, True)
             for k, f in enumerate(self.feature_info)
         ]
+
+    def checkpoint_units(self) -> list[str]:
+        """Modules recomputed under activation checkpointing: the feature stages after the
+        stem, and where stages are numbered children of one container (`blocks.1`, `stages.0`),
+        every child of it up to the last feature stage (timm's `forward_intermediates` runs
+        them; the stem and the inserted modules keep their activations)."""
+        units: list[str] = []
+        for name in self.feature_modules[1:]:
+            parent, _, idx = name.rpartition(".")
+            if parent and idx.isdigit():
+                units += [f"{parent}.{j}" for j in range(int(idx) + 1)]
+            else:
+                units.append(name)
+        return list(dict.fromkeys(units))
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        super().set_activation_checkpointing(enabled)
+        for name in self.checkpoint_units():
+            mod = self.model.get_submodule(name)
+            if enabled and "forward" not in mod.__dict__:
+                mod.forward = _CheckpointedForward(mod)
+            elif not enabled and "forward" in mod.__dict__:
+                del mod.forward
 
     def after_stage(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Feature stage `k`'s output `(N, C, h, w)` -> its inserted module's output (kept as

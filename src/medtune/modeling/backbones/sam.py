@@ -74,11 +74,14 @@ class SAMSliceBackbone(SliceBackbone):
         x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
         feats = []
         for i, blk in enumerate(m.blocks):
-            x = blk(self.run_pre(i, x, ctx))
-            x = self.run_post(i, x, ctx)
+            x = self.run_checkpointed(i, self._step, i, blk, x, ctx, ctx=ctx, block=blk)
             if i in self.feature_blocks:
                 feats.append(x.permute(0, 3, 1, 2))
         return feats
+
+    def _step(self, i: int, blk: nn.Module, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Block `i` with the modules inserted before and after it, on `(N, h, w, C)`."""
+        return self.run_post(i, blk(self.run_pre(i, x, ctx)), ctx)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)

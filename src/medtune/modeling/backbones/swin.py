@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from timm.layers import use_fused_attn
 from torch import nn
 
 from medtune.core.errors import MedtuneInputError
@@ -48,6 +49,11 @@ class SwinSliceBackbone(SliceBackbone):
             for s in range(n)
         ]
         self.window_size = model.layers[0].blocks[0].window_size[0]
+        # timm marks fused attention of its Swin window attention experimental (off unless
+        # TIMM_FUSED_ATTN=2); it computes the same softmax(q k^T / sqrt(d) + bias + mask) v
+        # through F.scaled_dot_product_attention, which keeps no (N, heads, L, L) matrix.
+        for blk in self.transformer_blocks():
+            blk.attn.fused_attn = use_fused_attn()
 
     def fits(self, size: int) -> bool:
         """True when square slices of `size` give every stage a grid its window divides (timm
@@ -101,13 +107,15 @@ class SwinSliceBackbone(SliceBackbone):
             if s < last_stage:
                 feats.append(x.permute(0, 3, 1, 2))
             for blk in layer.blocks:
-                x = self.run_pre(idx, x, ctx)
-                x = blk(x)
-                x = self.run_post(idx, x, ctx)
+                x = self.run_checkpointed(idx, self._step, idx, blk, x, ctx, ctx=ctx, block=blk)
                 idx += 1
         x = m.norm(x)
         feats.append(x.permute(0, 3, 1, 2))
         return feats
+
+    def _step(self, i: int, blk: nn.Module, x: torch.Tensor, ctx: SliceContext) -> torch.Tensor:
+        """Block `i` with the modules inserted before and after it, on `(N, h, w, C)`."""
+        return self.run_post(i, blk(self.run_pre(i, x, ctx)), ctx)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return [blk for layer in self.model.layers for blk in layer.blocks]

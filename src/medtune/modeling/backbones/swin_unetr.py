@@ -175,12 +175,17 @@ class SwinUNETRBackbone(VolumeBackbone):
             padded = [-(-n // w) * w for n, w in zip(size, window)]
             mask = compute_mask(padded, window, shift, grid.device)
             for blk in layer.blocks:
-                grid = blk(grid, mask)
-                grid = self.run_post_volume(idx, grid, ctx)
+                grid = self.run_checkpointed(
+                    idx, self._step, idx, blk, grid, mask, ctx, ctx=ctx, block=blk
+                )
                 idx += 1
             h = layer.downsample(grid).permute(0, 4, 1, 2, 3)  # (B, 2C, D'/2, h/2, w/2)
             feats.append(self._features(h))
         return feats
+
+    def _step(self, i: int, blk: nn.Module, grid: torch.Tensor, mask, ctx) -> torch.Tensor:
+        """Block `i` (3D window attention under `mask`) and its module, on `(B, D', h, w, C)`."""
+        return self.run_post_volume(i, blk(grid, mask), ctx)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return [blk for layer in self.stages for blk in layer.blocks]

@@ -99,18 +99,22 @@ class ViTSliceBackbone(SliceBackbone):
         x, extra = self.embed(x)
         feats = []
         last = len(m.blocks) - 1
-        for i, blk in enumerate(m.blocks):
+
+        def step(i: int, blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Tokens -> (next tokens, grid `(N, h, w, C)`) through block `i` and its modules."""
             x = self.run_pre(i, x, ctx)
             front = x.shape[1] - h * w  # prefix tokens and any prompt tokens a method added
             x = self.run_block(blk, x, front, extra)
-            grid = x[:, front:].reshape(n, h, w, -1)
-            grid = self.run_post(i, grid, ctx)
+            grid = self.run_post(i, x[:, front:].reshape(n, h, w, -1), ctx)
             if i == last:
                 grid = m.norm(grid)
+            tokens = grid.reshape(n, h * w, -1)
+            return (torch.cat([x[:, :front], tokens], dim=1) if front else tokens), grid
+
+        for i, blk in enumerate(m.blocks):
+            x, grid = self.run_checkpointed(i, step, i, blk, x, ctx=ctx, block=blk)
             if i in self.feature_blocks:
                 feats.append(grid.permute(0, 3, 1, 2))
-            tokens = grid.reshape(n, h * w, -1)
-            x = torch.cat([x[:, :front], tokens], dim=1) if front else tokens
         return feats
 
     def transformer_blocks(self) -> list[nn.Module]:
