@@ -113,8 +113,23 @@ def _collate_volume(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def pin_memory_for(accelerator: str) -> bool:
+    """Whether training batches go to page-locked memory: on CUDA (their copy to the GPU is then
+    asynchronous, Lightning moves them with `non_blocking=True`), never on the CPU (where
+    pinning only costs, and warns without a GPU)."""
+    from medtune.training.setup import uses_cuda
+
+    return uses_cuda(accelerator)
+
+
 def train_loader(
-    dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
 ) -> ResumableLoader:
     """The training loader over `dataset` (indices `epoch * len + i`, this process's share):
     what training uses, and what `benchmarks/data_loading.py` times."""
@@ -123,6 +138,7 @@ def train_loader(
         ResumableSampler(len(dataset), rank, world),
         batch_size=batch_size,
         num_workers=workers,
+        pin_memory=pin_memory,
         persistent_workers=workers > 0,
         drop_last=False,
         # A private generator: creating iterators never draws from the global RNG, so a
@@ -172,9 +188,13 @@ class SegDataModule(pl.LightningDataModule):
         n = epoch_samples(self.data_cfg, self.train_cfg, len(self.train_ids), world)
         cfg = dataclasses.replace(self.data_cfg, samples_per_epoch=n)
         ds = TrainCropDataset(self.cache, self.train_ids, cfg, seed=self.train_cfg.seed)
-        return train_loader(ds, cfg.batch_size, cfg.num_workers, self.train_cfg.seed, rank, world)
+        pin = pin_memory_for(self.train_cfg.accelerator)
+        return train_loader(
+            ds, cfg.batch_size, cfg.num_workers, self.train_cfg.seed, rank, world, pin_memory=pin
+        )
 
     def val_dataloader(self) -> DataLoader:
+        # not pinned: whole volumes stay on the CPU, windows go to the device one batch at a time
         rank, world = self._rank_world()
         return DataLoader(
             WeightedVolumes(self.cache, self.val_ids, rank, world),

@@ -4,8 +4,15 @@
 - schedule: linear warm-up then cosine decay to 0, stepped every optimiser step;
 - loss: soft Dice on the softmax summed over the foreground classes (MONAI `DiceLoss`), or that
   plus cross-entropy (`dice_ce`);
-- a non-finite loss stops training at once (one line naming the epoch and the batch), before
-  the step's update, so the last checkpoint stays resumable;
+- a non-finite loss stops training (one line naming the epoch and the batch) before anything
+  it reached is written, so the last checkpoint stays resumable: the losses are checked on the
+  host every `log_every_n_steps` batches (when Lightning reads them for logging anyway), before
+  every checkpoint, validation and adapter write, and at the end of the epoch, never with a
+  host synchronisation of its own in every step (`log_every_n_steps: 1` checks every batch
+  before its update);
+- opt-in speed and memory switches: `train.compile` (`torch.compile` of the model's forward,
+  in place so parameter names do not change) and `train.activation_checkpointing` (the
+  backbone recomputes its blocks in the backward pass, `Backbone.set_activation_checkpointing`);
 - validation: sliding-window inference (`medtune.evaluation.predict_volume`) over whole
   validation volumes, Dice per region of the dataset, averaged over cases and processes.
 
@@ -149,6 +156,15 @@ class SegTrainModule(pl.LightningModule):
         self._pending_rng: dict[str, Any] | None = None
         self._val_sum: torch.Tensor | None = None
         self._epoch_loss = [0.0, 0]
+        self._unchecked: list[tuple[int, int, int, torch.Tensor]] = []
+        """(epoch, batch, optimiser step, loss) of the batches whose loss is not checked yet."""
+        if cfg.activation_checkpointing:
+            model.backbone.set_activation_checkpointing(True)
+
+    def configure_model(self) -> None:
+        if self.cfg.compile and not getattr(self.model, "_compiled_call_impl", None):
+            # in place (`nn.Module.compile`): parameter and state-dict names stay the same
+            self.model.compile(backend=self.cfg.compile_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Volume `(B, C, D, H, W)` -> logits `(B, K, D, H, W)`."""
@@ -167,35 +183,59 @@ class SegTrainModule(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         logits = self.model(image)
         loss = self.loss_fn(logits, label[:, None])
-        self._stop_if_not_finite(loss, batch_idx)
+        self._unchecked.append(
+            (self.current_epoch, batch_idx, self.global_step, loss.detach().float())
+        )
+        if len(self._unchecked) >= self.cfg.log_every_n_steps:
+            self.check_finite_losses()  # Lightning reads the logged loss at this step anyway
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=image.shape[0])
         # a device tensor: no host sync per step; read once per epoch (and per checkpoint)
         self._epoch_loss[0] = self._epoch_loss[0] + loss.detach()
         self._epoch_loss[1] += 1
         return loss
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Raise at the first non-finite loss, before it reaches the weights (every process
-        decides together, so none waits in the gradient all-reduce). One host sync per step."""
-        local = bool(torch.isfinite(loss.detach()))
-        finite, trainer = local, self._trainer
+    def check_finite_losses(self) -> None:
+        """Raise at the first non-finite loss among the batches not checked yet (one host sync
+        for all of them; every process decides together, so none waits in a collective).
+
+        Called every `log_every_n_steps` batches before the batch's update, and before anything
+        is written (checkpoints, validation and its adapter, the epoch's end): a bad loss never
+        reaches a file, though up to `log_every_n_steps - 1` updates after it reached the
+        weights in memory.
+        """
+        pending, self._unchecked = self._unchecked, []
+        if not pending:
+            bad = None
+        else:
+            finite = torch.isfinite(torch.stack([p[3] for p in pending])).tolist()
+            bad = next((p for p, ok in zip(pending, finite) if not ok), None)
+        local, trainer = bad is None, self._trainer
+        ok = local
         if trainer is not None and trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(local, all=True)
-        if finite:
+            ok = trainer.strategy.reduce_boolean_decision(local, all=True)
+        if ok:
             return
-        found = "a non-finite loss in another process" if local else float(loss.detach())
+        if bad is None:
+            epoch, batch_idx, step = self.current_epoch, 0, self.global_step
+            found = "a non-finite loss in another process"
+        else:
+            epoch, batch_idx, step, value = bad
+            found = float(value)
         raise MedtuneInputError(
-            f"train: expected a finite loss, found {found} at epoch "
-            f"{self.current_epoch + 1}, batch {batch_idx + 1} (optimiser step "
-            f"{self.global_step + 1}); stopped before this step changed the weights, so the "
-            "run's last checkpoint and adapter/ are intact: lower train.lr or use "
-            "train.precision 32-true, then continue with medtune train --resume RUN_DIR"
+            f"train: expected a finite loss, found {found} at epoch {epoch + 1}, batch "
+            f"{batch_idx + 1} (optimiser step {step + 1}); stopped before anything it reached "
+            "was written, so the run's last checkpoint and adapter/ are intact: lower train.lr "
+            "or use train.precision 32-true, then continue with medtune train --resume RUN_DIR"
         )
+
+    def on_validation_start(self) -> None:
+        self.check_finite_losses()  # validation may write adapter/
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss = [0.0, 0]
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite_losses()
         total, n = self._epoch_loss
         t = torch.tensor([float(total), float(n)], dtype=torch.float64, device=self.device)
         t = self.trainer.strategy.reduce(t, reduce_op="sum")
@@ -296,6 +336,7 @@ class SegTrainModule(pl.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_losses()  # every process saves together (rank 0 writes)
         sd = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in sd.items() if k in self._ckpt_keys}
         checkpoint["medtune"] = {

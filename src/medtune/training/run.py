@@ -316,7 +316,7 @@ def _trainer(ctx: RunContext) -> TrainerParts:
                 ValidationSchedule(tc.val_every),
                 stop,
                 LearningRateMonitor("step"),
-                *([StderrProgressBar()] if tc.progress_bar else []),
+                *([StderrProgressBar(tc.log_every_n_steps)] if tc.progress_bar else []),
                 *ctx.callbacks,
             ],
             enable_checkpointing=True,

@@ -198,7 +198,11 @@ def resolve_strategy(tc):
 
 
 class StderrProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar on stderr (Lightning passes `file=sys.stdout`; stdout is for results)."""
+    """Lightning's tqdm bar on stderr (Lightning passes `file=sys.stdout`; stdout is for results).
+
+    Refreshed every `refresh_rate` batches (the run passes `train.log_every_n_steps`): each
+    refresh reads the logged loss from the device, a host synchronisation.
+    """
 
     def init_sanity_tqdm(self):
         with contextlib.redirect_stdout(sys.stderr):
