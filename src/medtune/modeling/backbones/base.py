@@ -120,6 +120,19 @@ class KeepRunningStats:
         self.saved = []
 
 
+def checkpoint_options(modules: list[nn.Module]) -> dict[str, Any]:
+    """Keyword arguments of `torch.utils.checkpoint.checkpoint` for a region holding `modules`:
+    non-reentrant; eagerly, the recomputation keeps BatchNorm running statistics
+    (`KeepRunningStats`). Under `torch.compile` (which has no custom `context_fn`) the compiled
+    graph applies buffer updates once and its backward recomputes values only."""
+    if torch.compiler.is_compiling():
+        return {"use_reentrant": False}
+    return {
+        "use_reentrant": False,
+        "context_fn": lambda: (contextlib.nullcontext(), KeepRunningStats(modules)),
+    }
+
+
 class Backbone(nn.Module):
     """Base class of every backbone family; subclasses implement `forward_features`.
 
@@ -199,13 +212,7 @@ class Backbone(nn.Module):
             out = fn(*inputs)
             return out, dict(ctx.state)
 
-        out, state = checkpoint(
-            region,
-            dict(ctx.state),
-            *args,
-            use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), KeepRunningStats(modules)),
-        )
+        out, state = checkpoint(region, dict(ctx.state), *args, **checkpoint_options(modules))
         ctx.state.clear()
         ctx.state.update(state)
         return out

@@ -12,8 +12,6 @@ is an insertion point and a stage end.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -22,8 +20,8 @@ from medtune.core.errors import MedtuneInputError
 from medtune.modeling.backbones.base import (
     FeatureInfo,
     InsertionPoint,
-    KeepRunningStats,
     SliceBackbone,
+    checkpoint_options,
 )
 from medtune.modeling.slicing import SliceContext
 
@@ -42,14 +40,7 @@ class _CheckpointedForward:
         fwd = type(m).forward
         if not (m.training and torch.is_grad_enabled()):
             return fwd(m, *args, **kwargs)
-        return checkpoint(
-            fwd,
-            m,
-            *args,
-            use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), KeepRunningStats([m])),
-            **kwargs,
-        )
+        return checkpoint(fwd, m, *args, **checkpoint_options([m]), **kwargs)
 
 
 class _StageHook:
