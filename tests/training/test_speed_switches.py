@@ -201,24 +201,29 @@ def test_switch_values_are_checked():
         TrainConfig(compile_backend=" ")
 
 
-def test_compiled_step_matches_eager():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_step_matches_eager(checkpointing):
     """`torch.compile` (backend aot_eager: inductor works too but compiles for minutes on a
-    contended 2-core CPU) gives the eager loss and gradients; names stay those of eager."""
+    contended 2-core CPU), also with activation checkpointing inside the compiled graph, gives
+    the eager loss, gradients and BatchNorm statistics; names stay those of eager."""
     eager = seeded_build(tiny_model_config("vit", "med_adapter"))
     for m in eager.modules():  # dropout is drawn differently inside compiled graphs
         if isinstance(m, torch.nn.Dropout2d):
             m.p = 0.0
     compiled = copy.deepcopy(eager)
+    compiled.backbone.set_activation_checkpointing(checkpointing)
     compiled.compile(backend="aot_eager")
     x, label = volume(), _label()
-    loss0, grads0, _, _ = _step(eager, x, label)
-    loss1, grads1, _, _ = _step(compiled, x, label)
+    loss0, grads0, bufs0, _ = _step(eager, x, label)
+    loss1, grads1, bufs1, _ = _step(compiled, x, label)
     assert _rel(loss1, loss0) <= 1e-5
     assert set(grads1) == set(grads0)
     # biases before a BatchNorm have gradients that are 0 up to rounding (1e-9): compared
     # against a thousandth of the largest gradient of the model instead of their own size
     floor = 1e-3 * max(float(g.abs().max()) for g in grads0.values())
     assert max(_rel(grads1[n], grads0[n], floor) for n in grads0) <= 1e-3
+    for n in bufs0:  # updated once, not again by a recomputation
+        assert torch.allclose(bufs1[n].double(), bufs0[n].double(), rtol=1e-4, atol=1e-6), n
     assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in eager.named_parameters()]
 
 

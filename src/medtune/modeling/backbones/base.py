@@ -39,7 +39,6 @@ unfolds slices into a volume (`grid_to_volume`) sees the stage's volume `(B, C, 
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,48 +88,36 @@ CAPABILITIES = ("pre_block", "transformer_blocks", "prompt_tokens", "window_atte
 `folds_slices` by `Backbone.offers()`, never declared."""
 
 
-class KeepRunningStats:
-    """Context of a checkpointed block's recomputation: BatchNorm layers in training mode keep
-    the running statistics of the first forward pass (the recomputation normalises with the
-    same batch statistics, so outputs and gradients are unchanged, but would update the running
-    mean and variance a second time)."""
+def running_stats(modules: list[nn.Module]) -> list[torch.Tensor]:
+    """Running-statistics buffers (mean, variance, count) of the BatchNorm layers in training
+    mode among `modules`: what a forward pass updates in place."""
+    return [
+        buf
+        for mod in modules
+        for m in mod.modules()
+        if isinstance(m, _BatchNorm) and m.training
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
 
-    def __init__(self, modules: list[nn.Module]):
-        self.norms = [
-            m
-            for mod in modules
-            for m in mod.modules()
-            if isinstance(m, _BatchNorm) and m.training and m.running_mean is not None
-        ]
-        self.saved: list[list[torch.Tensor]] = []
 
-    @staticmethod
-    def _buffers(m: _BatchNorm) -> list[torch.Tensor]:
-        return [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+def checkpointed(fn: Callable[..., Any], modules: list[nn.Module], *args: Any) -> Any:
+    """`fn(*args)` under non-reentrant `torch.utils.checkpoint`: only the inputs are kept and
+    the backward pass runs `fn` again. `modules` are those `fn` runs; the running statistics
+    of their BatchNorm layers are reset to their values before the first pass at the start of
+    every pass, so the recomputation (which normalises with the same batch statistics: outputs
+    and gradients unchanged) leaves them as the first pass did instead of updating them a
+    second time. Eager and under `torch.compile` (no recomputation hooks needed)."""
+    stats = running_stats(modules)
 
-    def __enter__(self) -> KeepRunningStats:
-        self.saved = [[b.clone() for b in self._buffers(m)] for m in self.norms]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def region(before: list[torch.Tensor], *inputs: Any) -> Any:
         with torch.no_grad():
-            for m, saved in zip(self.norms, self.saved):
-                for b, v in zip(self._buffers(m), saved):
-                    b.copy_(v)
-        self.saved = []
+            for buf, value in zip(stats, before):
+                buf.copy_(value)
+        return fn(*inputs)
 
-
-def checkpoint_options(modules: list[nn.Module]) -> dict[str, Any]:
-    """Keyword arguments of `torch.utils.checkpoint.checkpoint` for a region holding `modules`:
-    non-reentrant; eagerly, the recomputation keeps BatchNorm running statistics
-    (`KeepRunningStats`). Under `torch.compile` (which has no custom `context_fn`) the compiled
-    graph applies buffer updates once and its backward recomputes values only."""
-    if torch.compiler.is_compiling():
-        return {"use_reentrant": False}
-    return {
-        "use_reentrant": False,
-        "context_fn": lambda: (contextlib.nullcontext(), KeepRunningStats(modules)),
-    }
+    before = [buf.clone() for buf in stats]
+    return checkpoint(region, before, *args, use_reentrant=False)
 
 
 class Backbone(nn.Module):
@@ -193,26 +180,27 @@ class Backbone(nn.Module):
     def run_checkpointed(
         self, i: int, fn: Callable[..., Any], *args: Any, ctx: SliceContext, block: nn.Module
     ) -> Any:
-        """`fn(*args)`: frozen block `i` (`block`) with the modules inserted before and after it.
+        """`fn(*args, ctx)`: frozen block `i` (`block`) with the modules inserted before and
+        after it.
 
         With `activation_checkpointing` in training, it runs under `torch.utils.checkpoint`
         (non-reentrant): only its inputs are kept, and the backward pass runs it again. The
         recomputation starts from the `ctx.state` the block first saw (methods hand state
-        from block to block through it) and leaves BatchNorm running statistics as they were
-        (`KeepRunningStats`); dropout and drop-path draw the same numbers (checkpoint restores
-        the RNG state)."""
+        from block to block through it) and leaves BatchNorm running statistics as the first
+        pass did (`checkpointed`); dropout and drop-path draw the same numbers (checkpoint
+        restores the RNG state)."""
         if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
-            return fn(*args)
+            return fn(*args, ctx)
         key = str(i)
         modules = [block] + [d[key] for d in (self.pre_block, self.post_block) if key in d]
 
         def region(state: dict[str, Any], *inputs: Any) -> tuple[Any, dict[str, Any]]:
-            ctx.state.clear()
-            ctx.state.update(state)
-            out = fn(*inputs)
-            return out, dict(ctx.state)
+            # a context of its own: the region changes nothing outside it (torch.compile's
+            # checkpoint refuses side effects), and a recomputation sees the state it first saw
+            local = SliceContext(batch=ctx.batch, depth=ctx.depth, state=dict(state))
+            return fn(*inputs, local), local.state
 
-        out, state = checkpoint(region, dict(ctx.state), *args, **checkpoint_options(modules))
+        out, state = checkpointed(region, modules, dict(ctx.state), *args)
         ctx.state.clear()
         ctx.state.update(state)
         return out

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.backbones.base import (
     FeatureInfo,
     InsertionPoint,
     SliceBackbone,
-    checkpoint_options,
+    checkpointed,
 )
 from medtune.modeling.slicing import SliceContext
 
@@ -29,7 +28,7 @@ from medtune.modeling.slicing import SliceContext
 class _CheckpointedForward:
     """Instance `forward` of a CNN block under activation checkpointing: in training, its
     class's `forward` runs under `torch.utils.checkpoint` (non-reentrant; BatchNorm running
-    statistics kept by `KeepRunningStats`). Forward hooks, where the inserted modules run,
+    statistics updated once, `checkpointed`). Forward hooks, where the inserted modules run,
     stay outside: their activations are kept."""
 
     def __init__(self, module: nn.Module):
@@ -40,7 +39,7 @@ class _CheckpointedForward:
         fwd = type(m).forward
         if not (m.training and torch.is_grad_enabled()):
             return fwd(m, *args, **kwargs)
-        return checkpoint(fwd, m, *args, **checkpoint_options([m]), **kwargs)
+        return checkpointed(lambda *a: fwd(m, *a, **kwargs), [m], *args)
 
 
 class _StageHook:

@@ -74,7 +74,7 @@ class SAMSliceBackbone(SliceBackbone):
         x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
         feats = []
         for i, blk in enumerate(m.blocks):
-            x = self.run_checkpointed(i, self._step, i, blk, x, ctx, ctx=ctx, block=blk)
+            x = self.run_checkpointed(i, self._step, i, blk, x, ctx=ctx, block=blk)
             if i in self.feature_blocks:
                 feats.append(x.permute(0, 3, 1, 2))
         return feats

@@ -107,7 +107,7 @@ class SwinSliceBackbone(SliceBackbone):
             if s < last_stage:
                 feats.append(x.permute(0, 3, 1, 2))
             for blk in layer.blocks:
-                x = self.run_checkpointed(idx, self._step, idx, blk, x, ctx, ctx=ctx, block=blk)
+                x = self.run_checkpointed(idx, self._step, idx, blk, x, ctx=ctx, block=blk)
                 idx += 1
         x = m.norm(x)
         feats.append(x.permute(0, 3, 1, 2))

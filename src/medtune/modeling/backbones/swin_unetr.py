@@ -176,7 +176,7 @@ class SwinUNETRBackbone(VolumeBackbone):
             mask = compute_mask(padded, window, shift, grid.device)
             for blk in layer.blocks:
                 grid = self.run_checkpointed(
-                    idx, self._step, idx, blk, grid, mask, ctx, ctx=ctx, block=blk
+                    idx, self._step, idx, blk, grid, mask, ctx=ctx, block=blk
                 )
                 idx += 1
             h = layer.downsample(grid).permute(0, 4, 1, 2, 3)  # (B, 2C, D'/2, h/2, w/2)

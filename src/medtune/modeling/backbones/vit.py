@@ -100,7 +100,9 @@ class ViTSliceBackbone(SliceBackbone):
         feats = []
         last = len(m.blocks) - 1
 
-        def step(i: int, blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def step(
+            i: int, blk: nn.Module, x: torch.Tensor, ctx: SliceContext
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             """Tokens -> (next tokens, grid `(N, h, w, C)`) through block `i` and its modules."""
             x = self.run_pre(i, x, ctx)
             front = x.shape[1] - h * w  # prefix tokens and any prompt tokens a method added
