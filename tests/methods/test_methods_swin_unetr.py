@@ -117,7 +117,7 @@ def test_lora_wraps_every_3d_window_attention_qkv():
 
 
 def test_med_adapter_mixes_over_each_stage_depth():
-    """Adapters see the stage volume `(B, C', D', h, w)`; each Fourier filter spans its
+    """Adapters see the stage volume channels-last `(B, D', h, w, C')`; each Fourier filter spans its
     stage's depth (crop depth 64 -> 32, 16, 8, 4); the alignment convs stride (2, 2, 2)."""
     model = seeded_build(config("med_adapter"))
     backbone = model.backbone
@@ -137,7 +137,7 @@ def test_med_adapter_mixes_over_each_stage_depth():
         adapter = backbone.post_block[str(p.index)]
         d = expected_depths[p.stage]
         hidden = max(8, p.channels // 6)
-        assert seen[p.index] == (1, hidden, d, d // 2, d // 2), p
+        assert seen[p.index] == (1, d, d // 2, d // 2, hidden), p
         assert adapter.fourier.weight.shape == (1, 1, d, 1, 1)
         if p.stage_end:
             align = adapter.inter_stage.align

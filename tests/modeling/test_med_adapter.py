@@ -30,7 +30,7 @@ def test_fixed_and_resample_agree_at_training_depth():
         fixed.weight.normal_()
         fixed.bias.normal_()
     res.load_state_dict(fixed.state_dict())
-    v = torch.randn(2, 3, 16, 4, 4)
+    v = torch.randn(2, 16, 4, 4, 3)  # (B, D, h, w, C)
     assert torch.equal(fixed(v), res(v))
 
 
@@ -47,10 +47,10 @@ def test_resampled_filter_follows_normalised_frequency():
 def test_ones_filter_is_magnitude_of_input_plus_impulse():
     # W = 1, b = 1: iFFT(FFT(v) + 1) = v + delta at the origin
     fb = FourierBranch(4)
-    v = torch.rand(1, 1, 4, 3, 3)
+    v = torch.rand(1, 4, 3, 3, 1)  # (B, D, h, w, C)
     out = fb(v)
     expected = v.clone()
-    expected[..., 0, 0, 0] += 1
+    expected[:, 0, 0, 0] += 1
     assert torch.allclose(out, expected.abs(), atol=1e-5)
 
 
@@ -61,9 +61,9 @@ def test_inter_stage_state_flows_to_next_stage():
     x0 = torch.randn(4, 8, 8, 32)
     a0(x0, ctx)
     s0 = ctx.state["med_adapter.prev"]
-    assert s0.shape == (1, 8, 4, 8, 8)
+    assert s0.shape == (1, 4, 8, 8, 8)  # channels-last (B, D, h, w, C')
     a1(torch.randn(4, 4, 4, 64), ctx)
-    assert ctx.state["med_adapter.prev"].shape == (1, 16, 4, 4, 4)
+    assert ctx.state["med_adapter.prev"].shape == (1, 4, 4, 4, 16)
 
 
 @pytest.mark.parametrize(
