@@ -213,8 +213,8 @@ def build_on(cfg: ExperimentConfig, device: torch.device, crop_flag: str = "") -
     crop = tuple(cfg.data.crop_size)
     where = crop_flag or f"data.crop_size {' '.join(map(str, crop))}"
     torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, load_weights=False)
     try:
-        model = build_model(cfg.model, load_weights=False)
         model.backbone.check_crop(crop)
     except MedtuneInputError as exc:
         raise MedtuneInputError(f"{where}: {exc}") from exc
