@@ -31,7 +31,6 @@ code itself: `medtune.modeling.decoders.unetr` imports it).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import resource
 import statistics
@@ -549,8 +548,3 @@ def bench_config(
     del model
     _release(device)
     return row
-
-
-def replace_options(options: BenchOptions, **changes: Any) -> BenchOptions:
-    """A copy of `options` with fields changed (validated again)."""
-    return dataclasses.replace(options, **changes)
