@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "medtune.cli.infer_cmds",
     "medtune.cli.eval_folder_cmd",
     "medtune.cli.demo_cmd",
+    "medtune.cli.bench_cmd",
 ]
 
 

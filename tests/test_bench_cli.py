@@ -1,0 +1,133 @@
+"""`medtune bench` end to end at tiny size on the CPU, its bad input, and the GPU suite's
+`--tiny` rehearsal."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medtune.bench import RESULT_KEYS
+from medtune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "test/vit_med_adapter",
+    "model": {
+        "backbone": {
+            "name": "vit_test",
+            "in_chans": 4,
+            "img_size": 32,
+            "pretrained": False,
+            "timm_kwargs": {"depth": 4},
+        },
+        "decoder": {"name": "upernet", "options": {"channels": 16}},
+        "num_classes": 3,
+        "method": {"name": "med_adapter"},
+    },
+    "data": {"crop_size": [8, 32, 32], "batch_size": 1},
+    "train": {"seed": 0},
+}
+FAST = ["--steps", "1", "--warmup", "1", "--volume", "8", "32", "32"]
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_bench_json(cfg_path: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        ["bench", "--config", str(cfg_path), "--device", "cpu", "--json", "--out", str(out), *FAST]
+    )
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)
+    assert set(RESULT_KEYS) <= set(row)
+    for key in ("step_s", "floor_s", "compare_step_s", "window_s", "volume_s", "volume_flip8_s"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert 0 < row["tuned"] < row["total"]
+    assert row["peak_memory_gib"] >= 0 and row["device"] == "cpu"
+    assert row["precision"] == "32-true" and row["compare"] == "head"
+    assert row["step_over_floor"] == pytest.approx(row["step_s"] / row["floor_s"])
+    assert row["step_over_compare"] == pytest.approx(row["step_s"] / row["compare_step_s"])
+    assert row["step_min_s"] <= row["step_s"] <= row["step_max_s"]
+    assert json.loads((out / "bench.json").read_text())["total"] == row["total"]
+    assert (out / "bench.md").read_text().startswith("| config | method |")
+
+
+def test_bench_markdown(cfg_path: Path, capsys):
+    code = main(
+        ["bench", "--config", str(cfg_path), "--device", "cpu", "--compare", "none", "--no-tta"]
+        + ["--precision", "bf16", *FAST]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("| config | method | precision |")
+    assert "| med_adapter | bf16-mixed | 1 x 8x32x32 |" in lines[2]
+    assert lines[2].count("| - |") >= 2  # step/compare and flip8 not measured
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--steps", "0"], "--steps 0: expected at least 1 step, found 0"),
+        (["--crop", "8", "32", "48"], "--crop 8 32 48: expected square slices"),
+        (["--crop", "8", "30", "30"], "--crop 8 30 30: "),
+        (["--volume", "4", "32", "32"], "--volume 4 32 32: expected at least the window 8x32x32"),
+        (["--device", "cuda"], "--device cuda: expected a CUDA GPU, found none"),
+    ],
+)
+def test_bench_bad_input(cfg_path: Path, capsys, flags: list[str], says: str):
+    if flags[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["bench", "--config", str(cfg_path), *flags])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("medtune bench: error: " + says), err
+
+
+def test_loss_mirrors_segloss():
+    from medtune.bench.measure import make_loss
+    from medtune.training.module import SegLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 8, 8, generator=g)
+    label = torch.randint(0, 3, (2, 1, 4, 8, 8), generator=g)
+    for name in ("dice", "dice_ce"):
+        assert torch.allclose(make_loss(name)(logits, label), SegLoss(name)(logits, label))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_bench_imports_no_lightning():
+    code = "import sys, medtune.bench; sys.exit('lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny(tmp_path: Path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--tiny", "--device", "cpu"]
+    cmd += ["--out", str(tmp_path), "--methods", "head", "lora", "--precisions", "fp32"]
+    cmd += ["--configs", "swin_t_unet"]
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert [r["method"] for r in rows] == ["head", "lora"]
+    for r in rows:
+        assert set(RESULT_KEYS) | {"config", "method", "inserted"} <= set(r)
+        assert r["config"] == "brats/swin_t_unet" and r["floor_s"] == rows[0]["floor_s"]
+    assert rows[0]["step_over_compare"] == 1.0
+    md = (tmp_path / "gpu_suite.md").read_text()
+    assert md.startswith("CPU --tiny rehearsal") and "| brats/swin_t_unet | lora |" in md
