@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from medtune.bench import BenchOptions, bench_config, caption, markdown_table  # noqa: E402
 from medtune.bench.measure import device_name, log_stderr, resolve_device  # noqa: E402
+from medtune.core.atomic import atomic_write_text  # noqa: E402
 from medtune.training.config import load_config  # noqa: E402
 
 CONFIGS = ("vit_b16_upernet", "swin_t_unet")
@@ -107,6 +108,28 @@ def run_group(folder: str, precision: str, args: argparse.Namespace) -> list[dic
     return rows
 
 
+def switch_rows(folder: str, args: argparse.Namespace) -> list[dict]:
+    """med_adapter in bf16 with `train.activation_checkpointing`, then with `train.compile`
+    (one row each with its own floor, no inference), reported beside the default rows."""
+    rows = []
+    for switch in ("activation_checkpointing", "compile"):
+        cfg = load(folder, "med_adapter", args.tiny)
+        setattr(cfg.train, switch, True)
+        if args.tiny:
+            cfg.train.compile_backend = "aot_eager"  # inductor compiles for minutes on a CPU
+        options = BenchOptions(
+            device=args.device,
+            precision="bf16",
+            batch=BATCH,
+            steps=args.steps,
+            warmup=args.warmup,
+            compare=None,
+            inference=False,
+        )
+        rows.append(bench_config(cfg, options, name=f"brats/{folder} +{switch}"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     ap.add_argument("--volume-fp32", action="store_true", help="also time volumes in fp32")
+    ap.add_argument(
+        "--switches",
+        action="store_true",
+        help="also med_adapter bf16 with train.activation_checkpointing and with train.compile",
+    )
     args = ap.parse_args(argv)
     args.steps = args.steps or (1 if args.tiny else 5)
     args.warmup = args.warmup or (1 if args.tiny else 2)
@@ -130,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions:
             rows += run_group(folder, precision, args)
             log_stderr(f"{len(rows)} rows, {time.perf_counter() - started:.0f} s")
+        if args.switches:
+            rows += switch_rows(folder, args)
+            log_stderr(f"{len(rows)} rows, {time.perf_counter() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_suite.json").write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(args.out / "gpu_suite.json", json.dumps(rows, indent=1) + "\n")
     command = "python3 benchmarks/gpu_suite.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
@@ -143,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "The floor is shared by each backbone x precision group; step/compare is over that "
         "group's head row.\n"
     )
-    (args.out / "gpu_suite.md").write_text(md)
+    atomic_write_text(args.out / "gpu_suite.md", md)
     print(md, end="")
     return 0
 

@@ -131,3 +131,38 @@ def test_gpu_suite_tiny(tmp_path: Path):
     assert rows[0]["step_over_compare"] == 1.0
     md = (tmp_path / "gpu_suite.md").read_text()
     assert md.startswith("CPU --tiny rehearsal") and "| brats/swin_t_unet | lora |" in md
+
+
+def test_prepare_training_model_applies_switches():
+    """What `bench` times with the switches on is the model training runs: the backbone
+    recomputes its blocks, and the forward goes through torch.compile."""
+    from medtune.bench.measure import prepare_training_model
+    from medtune.modeling.model import build_model
+    from medtune.training.config import config_from_dict
+
+    cfg = config_from_dict(TINY)
+    cfg.train.activation_checkpointing = True
+    cfg.train.compile = True
+    cfg.train.compile_backend = "aot_eager"
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    x = torch.randn(1, 4, 8, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    run = prepare_training_model(model, cfg.train)
+    assert run.backbone.activation_checkpointing
+    assert run._compiled_call_impl is not None
+    with torch.no_grad():
+        assert torch.allclose(run(x), expected, atol=1e-5)
+
+
+def test_bench_switch_flags(cfg_path: Path, capsys):
+    code = main(
+        ["bench", "--config", str(cfg_path), "--device", "cpu", "--json", "--no-tta"]
+        + ["--activation-checkpointing", *FAST]
+    )
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["activation_checkpointing"] is True and row["compile"] is False
+    assert math.isfinite(row["step_s"]) and row["step_s"] > 0

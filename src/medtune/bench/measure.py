@@ -313,9 +313,14 @@ def make_loss(name: str) -> nn.Module:
 
 
 def prepare_training_model(model: nn.Module, train: TrainConfig) -> nn.Module:
-    """The model as the training step runs it. The one place where `train.compile` and
-    `train.activation_checkpointing` are to be applied once `TrainConfig` has them; today the
-    model is returned unchanged."""
+    """The model as the training step runs it, with the config's opt-in switches applied as
+    training applies them (`medtune.training.module`): `train.activation_checkpointing`
+    (the backbone recomputes its blocks in backward) and `train.compile` (`torch.compile`
+    in place, backend `train.compile_backend`)."""
+    if train.activation_checkpointing:
+        model.backbone.set_activation_checkpointing(True)
+    if train.compile:
+        model.compile(backend=train.compile_backend)
     return model
 
 
@@ -531,6 +536,8 @@ def bench_config(
         "volume_flip8_s": None,
         "sw_batch_size": None,
         "fuse": None,
+        "compile": bool(cfg.train.compile),
+        "activation_checkpointing": bool(cfg.train.activation_checkpointing),
     }
     if options.inference:
         row.update(

@@ -69,6 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tuning method stepped alternately for step / METHOD step (default head; none: skip)",
     )
     p.add_argument("--no-tta", action="store_true", help="do not time the volume with flip8")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="set train.compile (torch.compile of the model, backend train.compile_backend)",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="set train.activation_checkpointing (the backbone recomputes its blocks in backward)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--out", type=Path, metavar="DIR", help="also write bench.json and bench.md into DIR"
@@ -78,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medtune.bench import BenchOptions, bench_config, caption, markdown_table
+    from medtune.core.atomic import atomic_write_text
     from medtune.training.config import load_config
 
     options = BenchOptions(
@@ -92,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
         tta=not args.no_tta,
     )
     cfg = load_config(args.config)
+    cfg.train.compile = cfg.train.compile or args.compile
+    cfg.train.activation_checkpointing = (
+        cfg.train.activation_checkpointing or args.activation_checkpointing
+    )
     row = bench_config(cfg, options, name=str(args.config))
     table = markdown_table([row]) + "\n\n" + caption([row]) + "\n"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench.json").write_text(json.dumps(row, indent=1) + "\n")
-        (args.out / "bench.md").write_text(table)
+        atomic_write_text(args.out / "bench.json", json.dumps(row, indent=1) + "\n")
+        atomic_write_text(args.out / "bench.md", table)
     print(json.dumps(row) if args.json else table, end="\n" if args.json else "")
     return 0
