@@ -30,9 +30,18 @@ class ContextPlan:
     test_cases: int
     shape: tuple[int, int, int]
     """Phantom size (D, H, W) in voxels."""
+    crop: tuple[int, int, int]
+    """Training crop / inference window (D, H, W): smaller in-plane than the BraTS part's, so
+    that the budget buys enough steps (a 32x32 step costs about a third of a 64x64 one)."""
     epochs: int
     samples_per_epoch: int
     val_every: int
+    lr: float = 1e-2
+    """Learning rate of every method here (at the BraTS part's 3e-3 the adapters had not yet
+    learned the cross-slice cue in this budget)."""
+    lesions: int = 6
+    """Lesions per case: 6 lesions and 2 vessels give the two labels similar voxel counts."""
+    vessels: int = 2
 
 
 FULL_CONTEXT = ContextPlan(
@@ -40,15 +49,17 @@ FULL_CONTEXT = ContextPlan(
     train_cases=6,
     test_cases=2,
     shape=(32, 64, 64),
-    epochs=5,
+    crop=(16, 32, 32),
+    epochs=30,
     samples_per_epoch=16,
-    val_every=5,
+    val_every=30,
 )
 QUICK_CONTEXT = ContextPlan(
     seeds=(0,),
     train_cases=3,
     test_cases=1,
     shape=(24, 64, 64),
+    crop=(16, 32, 32),
     epochs=1,
     samples_per_epoch=8,
     val_every=1,
@@ -59,16 +70,21 @@ def context_config(method: str, seed: int, cplan: ContextPlan, base: dict, root:
     """The demo config of `method` (`base`, from `demo_config`) adapted to the context phantoms."""
     cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     cfg["name"] = f"demo/context/{method}/seed{seed}"
-    cfg["model"] = {**base["model"], "backbone": {**base["model"]["backbone"], "in_chans": 1}}
+    backbone = {**base["model"]["backbone"], "in_chans": 1, "img_size": cplan.crop[1]}
+    cfg["model"] = {**base["model"], "backbone": backbone}
+    if "train_depth" in base["model"]["method"]:
+        cfg["model"]["method"] = {**base["model"]["method"], "train_depth": cplan.crop[0]}
     cfg["data"] = {
         **base["data"],
         "root": str(root),
+        "crop_size": list(cplan.crop),
         "samples_per_epoch": cplan.samples_per_epoch,
         "num_folds": min(5, cplan.train_cases),
     }
     cfg["train"] = {
         **base["train"],
         "max_epochs": cplan.epochs,
+        "lr": cplan.lr,
         "val_every": cplan.val_every,
         "seed": seed,
     }
@@ -104,10 +120,11 @@ def run_context(out: Path, cplan: ContextPlan, methods, base_config, train, eval
     t = time.time()
     train_root, test_root = out / "data" / "context_train", out / "data" / "context_heldout"
     say(f"slice context: writing {cplan.train_cases} + {cplan.test_cases} context phantoms")
+    knobs = {"shape": cplan.shape, "lesions": cplan.lesions, "vessels": cplan.vessels}
     if not (train_root / "dataset.json").is_file():
-        write_phantoms("context", cplan.train_cases, train_root, seed=0, shape=cplan.shape)
+        write_phantoms("context", cplan.train_cases, train_root, seed=0, **knobs)
     if not (test_root / "dataset.json").is_file():
-        write_phantoms("context", cplan.test_cases, test_root, seed=1000, shape=cplan.shape)
+        write_phantoms("context", cplan.test_cases, test_root, seed=1000, **knobs)
     ambiguity = measure_ambiguity(train_root)
     stages["context phantoms"] = time.time() - t
     rows = []
@@ -168,7 +185,9 @@ def context_section(result: dict[str, Any], cplan: ContextPlan) -> list[str]:
         f"optimistic), the number of slices a structure spans with {amb['volume']:.2f}.",
         "",
         f"{cplan.train_cases} training and {cplan.test_cases} held-out cases of {s[0]}x{s[1]}x{s[2]} "
-        f"voxels; every method {cplan.epochs} epochs x {cplan.samples_per_epoch} crops per seed "
+        f"voxels ({cplan.lesions} lesions and {cplan.vessels} vessels each); every method "
+        f"{cplan.epochs} epochs x {cplan.samples_per_epoch} crops of "
+        f"{'x'.join(map(str, cplan.crop))} at learning rate {cplan.lr:g} per seed "
         f"(seeds {', '.join(map(str, cplan.seeds))}); Dice on the held-out cases, {spread}.",
         "",
         *lines,
