@@ -194,6 +194,9 @@ import medtune.training.run as run
 from medtune.cli import main
 
 cfg_path, out, signame, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+# As in a terminal: a shell's background job (e.g. a CI runner started with `&`) inherits
+# SIGINT ignored, and medtune then rightly leaves Ctrl-C alone.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class SendSignal(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
