@@ -24,8 +24,8 @@ downloaded) on one device and precision:
   already in memory (file I/O and preprocessing excluded). One timed run each.
 
 On CUDA every timed region is bracketed by `torch.cuda.synchronize`. Nothing here imports
-Lightning: the loss is built by `make_loss`, which mirrors `medtune.training.module.SegLoss`
-(a test checks that they agree). MONAI is needed (the loss, the sliding windows, and the model
+Lightning: the loss is `medtune.training.losses.SegLoss`, the one training uses (that module
+imports no Lightning; a test checks that `medtune.bench` does not pull it in). MONAI is needed (the loss, the sliding windows, and the model
 code itself: `medtune.modeling.decoders.unetr` imports it).
 """
 
@@ -286,30 +286,11 @@ def autocast(device: torch.device, precision: str):
 
 
 def make_loss(name: str) -> nn.Module:
-    """The training loss of `train.loss`: logits `(B, K, D, H, W)`, labels `(B, 1, D, H, W)` ->
-    scalar. Mirrors `medtune.training.module.SegLoss` (not imported: it pulls Lightning)."""
-    from monai.losses import DiceLoss
+    """The training loss of `train.loss` (`medtune.training.losses.SegLoss`, as training uses
+    it): logits `(B, K, D, H, W)`, labels `(B, 1, D, H, W)` -> scalar."""
+    from medtune.training.losses import SegLoss
 
-    class _Loss(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dice = DiceLoss(
-                include_background=False,
-                to_onehot_y=True,
-                softmax=True,
-                batch=True,
-                reduction="sum",
-            )
-            self.ce = nn.CrossEntropyLoss() if name == "dice_ce" else None
-
-        def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-            logits = logits.float()
-            loss = self.dice(logits, label)
-            if self.ce is not None:
-                loss = loss + self.ce(logits, label[:, 0])
-            return loss
-
-    return _Loss()
+    return SegLoss(name)
 
 
 def prepare_training_model(model: nn.Module, train: TrainConfig) -> nn.Module:

@@ -31,37 +31,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from monai.losses import DiceLoss
-from torch import nn
 
 from medtune.core.errors import MedtuneInputError
 from medtune.evaluation.metrics import region_dice
 from medtune.modeling.model import SegModel
 from medtune.training.config import TrainConfig
 from medtune.training.datamodule import ResumableLoader
-
-
-class SegLoss(nn.Module):
-    """Logits `(B, K, D, H, W)` and labels `(B, 1, D, H, W)` -> scalar loss.
-
-    Soft Dice per foreground class over the whole batch, summed over the classes (the paper);
-    `dice_ce` adds the mean voxel cross-entropy.
-    """
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-        self.dice = DiceLoss(
-            include_background=False, to_onehot_y=True, softmax=True, batch=True, reduction="sum"
-        )
-        self.ce = nn.CrossEntropyLoss() if name == "dice_ce" else None
-
-    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        loss = self.dice(logits, label)
-        if self.ce is not None:
-            loss = loss + self.ce(logits, label[:, 0])
-        return loss
+from medtune.training.losses import SegLoss
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
