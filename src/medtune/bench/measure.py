@@ -24,9 +24,10 @@ downloaded) on one device and precision:
   already in memory (file I/O and preprocessing excluded). One timed run each.
 
 On CUDA every timed region is bracketed by `torch.cuda.synchronize`. Nothing here imports
-Lightning: the loss is `medtune.training.losses.SegLoss`, the one training uses (that module
-imports no Lightning; a test checks that `medtune.bench` does not pull it in). MONAI is needed (the loss, the sliding windows, and the model
-code itself: `medtune.modeling.decoders.unetr` imports it).
+Lightning: the loss (`medtune.training.losses.SegLoss`) and the speed switches
+(`medtune.training.switches`) are training's own, from modules that import no Lightning (a test
+checks that `medtune.bench` does not pull it in). MONAI is needed (the loss, the sliding
+windows, and the model code itself: `medtune.modeling.decoders.unetr` imports it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from medtune.modeling.model import SegModel, build_model
 from medtune.modeling.params import count_parameters
 from medtune.modeling.slicing import SliceContext, fold_slices
 from medtune.training.config import ExperimentConfig, TrainConfig, config_from_dict
+from medtune.training.losses import SegLoss
+from medtune.training.switches import apply_activation_checkpointing, apply_compile
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 """`--precision` -> the `train.precision` (Lightning) name it stands for."""
@@ -285,23 +288,12 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def make_loss(name: str) -> nn.Module:
-    """The training loss of `train.loss` (`medtune.training.losses.SegLoss`, as training uses
-    it): logits `(B, K, D, H, W)`, labels `(B, 1, D, H, W)` -> scalar."""
-    from medtune.training.losses import SegLoss
-
-    return SegLoss(name)
-
-
 def prepare_training_model(model: nn.Module, train: TrainConfig) -> nn.Module:
-    """The model as the training step runs it, with the config's opt-in switches applied as
-    training applies them (`medtune.training.module`): `train.activation_checkpointing`
-    (the backbone recomputes its blocks in backward) and `train.compile` (`torch.compile`
-    in place, backend `train.compile_backend`)."""
-    if train.activation_checkpointing:
-        model.backbone.set_activation_checkpointing(True)
-    if train.compile:
-        model.compile(backend=train.compile_backend)
+    """The model as the training step runs it, with the config's opt-in switches applied by
+    the functions training uses: `train.activation_checkpointing` (the backbone recomputes its
+    blocks in backward) and `train.compile` (`torch.compile` in place)."""
+    apply_activation_checkpointing(model, train)
+    apply_compile(model, train)
     return model
 
 
@@ -320,7 +312,7 @@ def make_train_step(
     opt = torch.optim.Adam(
         params, lr=train.lr, weight_decay=train.weight_decay, amsgrad=train.amsgrad
     )
-    loss_fn = make_loss(train.loss)
+    loss_fn = SegLoss(train.loss)
     device = x.device
 
     def step() -> None:

@@ -38,6 +38,7 @@ from medtune.modeling.model import SegModel
 from medtune.training.config import TrainConfig
 from medtune.training.datamodule import ResumableLoader
 from medtune.training.losses import SegLoss
+from medtune.training.switches import apply_activation_checkpointing, apply_compile
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -134,13 +135,10 @@ class SegTrainModule(pl.LightningModule):
         self._epoch_loss = [0.0, 0]
         self._unchecked: list[tuple[int, int, int, torch.Tensor]] = []
         """(epoch, batch, optimiser step, loss) of the batches whose loss is not checked yet."""
-        if cfg.activation_checkpointing:
-            model.backbone.set_activation_checkpointing(True)
+        apply_activation_checkpointing(model, cfg)
 
     def configure_model(self) -> None:
-        if self.cfg.compile and not getattr(self.model, "_compiled_call_impl", None):
-            # in place (`nn.Module.compile`): parameter and state-dict names stay the same
-            self.model.compile(backend=self.cfg.compile_backend)
+        apply_compile(self.model, self.cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Volume `(B, C, D, H, W)` -> logits `(B, K, D, H, W)`."""
