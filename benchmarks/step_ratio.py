@@ -4,7 +4,8 @@
         --compare configs/brats/vit_b16_upernet/head.yaml --crop 32 32 32 --steps 5
 
 Builds both models without weights (random init, nothing downloaded) and runs full training
-steps on the CPU (forward, the config's loss `train.loss`, backward, the config's Adam step)
+steps on the CPU (forward, the config's loss `train.loss`, backward, the config's Adam step from
+`medtune.training.optim.make_adam`)
 on one fixed random crop, A and B alternating after --warmup steps of each, so that machine
 load hits both alike. Prints each config's median step time and the ratio A / B.
 """
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from medtune.modeling.model import build_model  # noqa: E402
 from medtune.training.config import load_config  # noqa: E402
-from medtune.training.module import SegLoss  # noqa: E402
+from medtune.training.losses import SegLoss  # noqa: E402
+from medtune.training.optim import make_adam  # noqa: E402
 
 
 def make_step(config: Path, crop: tuple[int, int, int], batch: int) -> Callable[[], float]:
@@ -33,10 +35,8 @@ def make_step(config: Path, crop: tuple[int, int, int], batch: int) -> Callable[
     cfg.model.backbone.img_size = crop[1]
     torch.manual_seed(0)
     model = build_model(cfg.model, load_weights=False).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    t = cfg.train
-    opt = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad)
-    loss_fn = SegLoss(t.loss)
+    opt = make_adam([p for p in model.parameters() if p.requires_grad], cfg.train)
+    loss_fn = SegLoss(cfg.train.loss)
     x = torch.randn(batch, model.in_chans, *crop)
     y = torch.randint(0, model.num_classes, (batch, 1, *crop))
 

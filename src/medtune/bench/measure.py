@@ -51,6 +51,7 @@ from medtune.modeling.params import count_parameters
 from medtune.modeling.slicing import SliceContext, fold_slices
 from medtune.training.config import ExperimentConfig, TrainConfig, config_from_dict
 from medtune.training.losses import SegLoss
+from medtune.training.optim import make_adam
 from medtune.training.switches import apply_activation_checkpointing, apply_compile
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -303,15 +304,8 @@ def make_train_step(
     """One training step of `model` on the fixed batch `x` `(B, C, D, H, W)` with labels `y`
     `(B, 1, D, H, W)`: forward and loss under autocast (as Lightning's `bf16-mixed`), backward,
     Adam (the config's lr, weight decay, AMSGrad) over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise MedtuneInputError(
-            "model: expected trainable parameters, found none (check model.method)"
-        )
+    opt = make_adam([p for p in model.parameters() if p.requires_grad], train)
     run = prepare_training_model(model, train)
-    opt = torch.optim.Adam(
-        params, lr=train.lr, weight_decay=train.weight_decay, amsgrad=train.amsgrad
-    )
     loss_fn = SegLoss(train.loss)
     device = x.device
 

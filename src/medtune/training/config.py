@@ -54,6 +54,10 @@ class TrainConfig:
     """Adam weight decay."""
     amsgrad: bool = True
     """Use the AMSGrad variant of Adam (as the paper)."""
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    """PyTorch's implementation of the Adam update (same mathematics, different rounding):
+    `auto` is `fused` (one kernel, CPU and CUDA) when every trainable parameter allows it, else
+    PyTorch's default; `foreach`, `for-loop` (the per-parameter loop) force the others."""
     warmup_epochs: int = 25
     """Linear warm-up epochs before cosine decay."""
     loss: Literal["dice", "dice_ce"] = "dice"

@@ -1,6 +1,7 @@
 """The Lightning module: paper recipe around a `SegModel`.
 
-- optimiser: Adam (AMSGrad) with weight decay over the trainable parameters only;
+- optimiser: Adam (AMSGrad) with weight decay over the trainable parameters only, fused where
+  PyTorch allows (`medtune.training.optim`, `train.optimizer_impl`);
 - schedule: linear warm-up then cosine decay to 0, stepped every optimiser step;
 - loss: soft Dice on the softmax summed over the foreground classes (MONAI `DiceLoss`), or that
   plus cross-entropy (`dice_ce`);
@@ -38,6 +39,7 @@ from medtune.modeling.model import SegModel
 from medtune.training.config import TrainConfig
 from medtune.training.datamodule import ResumableLoader
 from medtune.training.losses import SegLoss
+from medtune.training.optim import make_adam, retarget_state
 from medtune.training.switches import apply_activation_checkpointing, apply_compile
 
 
@@ -218,14 +220,7 @@ class SegTrainModule(pl.LightningModule):
         self.history_entry(self.current_epoch + 1)["train_loss"] = mean
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise MedtuneInputError(
-                "model: expected trainable parameters, found none (check model.method)"
-            )
-        opt = torch.optim.Adam(
-            params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, amsgrad=self.cfg.amsgrad
-        )
+        opt = make_adam([p for p in self.model.parameters() if p.requires_grad], self.cfg)
         # Not `trainer.estimated_stepping_batches`: it builds the training loader before a
         # checkpoint's loop state is restored, and the loader would then miss its resume state.
         per_epoch = self.trainer.datamodule.optimizer_steps_per_epoch()
@@ -327,6 +322,9 @@ class SegTrainModule(pl.LightningModule):
                 f"trainer checkpoint: expected the tensors of this model and medtune state, "
                 f"found {len(missing)} missing (e.g. {missing[:3]}); was it written by another config?"
             )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for opt_state in checkpoint.get("optimizer_states", []):
+            retarget_state(opt_state, params, self.cfg.optimizer_impl)  # restored after this hook
         state = checkpoint["medtune"]
         self.best = state["best"]
         self.history = state["history"]
