@@ -240,3 +240,42 @@ def test_one_epoch_with_compile_and_activation_checkpointing(engine_data, tmp_pa
     assert summary["epochs"] == 1 and summary["global_step"] == 3
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in summary["history"])
     assert (tmp_path / "run/adapter/adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_training_folds_the_frozen_batchnorms_of_a_cnn_and_says_so(
+    engine_data, tmp_path, capsys, fold
+):
+    from medtune.modeling.frozen_bn import FoldedConvForward
+
+    _, cfg = tiny_experiment(
+        engine_data,
+        train__max_epochs=1,
+        train__steps_per_epoch=1,
+        train__fold_frozen_batchnorm=fold,
+        **{
+            "model__backbone__name": "cnn_test",
+            "model__backbone__timm_kwargs": {},
+            "model__decoder": {"name": "unet", "options": {"channels": [16, 16, 16, 16]}},
+        },
+    )
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            backbone = pl_module.model.backbone
+            seen.append(
+                sum(
+                    isinstance(m.__dict__.get("forward"), FoldedConvForward)
+                    for m in backbone.modules()
+                )
+            )
+
+    summary = train_run(cfg, tmp_path / "run", callbacks=[Record()])
+    assert summary["global_step"] == 1
+    err = capsys.readouterr().err
+    if fold:
+        assert seen[0] > 0
+        assert f"model: folded {seen[0]} frozen BatchNorm(s) into their convs for training" in err
+    else:
+        assert seen == [0] and "model: frozen BatchNorm fold off" in err

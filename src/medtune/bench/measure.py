@@ -46,13 +46,18 @@ import torch
 from torch import nn
 
 from medtune.core.errors import MedtuneInputError
+from medtune.modeling.frozen_bn import fold_frozen_batchnorm
 from medtune.modeling.model import SegModel, build_model
 from medtune.modeling.params import count_parameters
 from medtune.modeling.slicing import SliceContext, fold_slices
 from medtune.training.config import ExperimentConfig, TrainConfig, config_from_dict
 from medtune.training.losses import SegLoss
 from medtune.training.optim import make_adam
-from medtune.training.switches import apply_activation_checkpointing, apply_compile
+from medtune.training.switches import (
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_frozen_batchnorm_fold,
+)
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 """`--precision` -> the `train.precision` (Lightning) name it stands for."""
@@ -289,10 +294,15 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def prepare_training_model(model: nn.Module, train: TrainConfig) -> nn.Module:
-    """The model as the training step runs it, with the config's opt-in switches applied by
-    the functions training uses: `train.activation_checkpointing` (the backbone recomputes its
-    blocks in backward) and `train.compile` (`torch.compile` in place)."""
+def prepare_training_model(
+    model: nn.Module, train: TrainConfig, trial: torch.Tensor | None = None
+) -> nn.Module:
+    """The model as the training step runs it, with the config's switches applied by the
+    functions training uses: `train.fold_frozen_batchnorm` (checked on the window `trial`
+    `(1, C, D, H, W)`, when given), `train.activation_checkpointing` (the backbone recomputes
+    its blocks in backward) and `train.compile` (`torch.compile` in place)."""
+    if trial is not None:
+        apply_frozen_batchnorm_fold(model, train, trial)
     apply_activation_checkpointing(model, train)
     apply_compile(model, train)
     return model
@@ -305,7 +315,7 @@ def make_train_step(
     `(B, 1, D, H, W)`: forward and loss under autocast (as Lightning's `bf16-mixed`), backward,
     Adam (the config's lr, weight decay, AMSGrad) over the trainable parameters."""
     opt = make_adam([p for p in model.parameters() if p.requires_grad], train)
-    run = prepare_training_model(model, train)
+    run = prepare_training_model(model, train, x[:1])
     loss_fn = SegLoss(train.loss)
     device = x.device
 
@@ -322,11 +332,14 @@ def make_train_step(
 def make_floor_step(cfg: ExperimentConfig, x: torch.Tensor, precision: str) -> Callable[[], None]:
     """The floor: the frozen backbone of `cfg` with nothing inserted (method `head`), no
     decoder, forward over the slices of `x` `(B, C, D, H, W)` folded to `(B*D, C, H, W)` (a
-    native 3D family: `x` itself), backward to that input from the sum of its features."""
+    native 3D family: `x` itself), backward to that input from the sum of its features; its
+    frozen BatchNorms folded as in training (`train.fold_frozen_batchnorm`)."""
     model = build_on(with_method(cfg, "head"), x.device)
     backbone = model.backbone
     del model  # the decoder goes
     backbone.requires_grad_(False)
+    if cfg.train.fold_frozen_batchnorm:  # as training runs the backbone (eval-mode BNs only)
+        fold_frozen_batchnorm(backbone)
     b, _, d = x.shape[:3]
     inp = backbone.pad_slices(fold_slices(x)) if backbone.folds_slices else x
     inp = inp.detach().clone().requires_grad_(True)

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from medtune.modeling.frozen_bn import unfold_frozen_batchnorm
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -60,6 +62,7 @@ def _fuse_children(module: nn.Module) -> int:
 def fuse_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     """A fused eval-mode copy of `model` and the number of BatchNorms folded (see module doc)."""
     fused = copy.deepcopy(model).eval()
+    unfold_frozen_batchnorm(fused)  # a model fresh from training: its folds become real ones
     count = sum(_fuse_children(m) for m in list(fused.modules()))
     return fused, count
 

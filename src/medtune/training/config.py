@@ -100,6 +100,10 @@ class TrainConfig:
     """Compile the model's forward with `torch.compile` (first steps slower, later ones faster)."""
     compile_backend: str = "inductor"
     """`torch.compile` backend when `compile` is on (`inductor`; `aot_eager`, `eager`: debugging)."""
+    fold_frozen_batchnorm: bool = True
+    """Fold each frozen BatchNorm (eval mode) into the conv before it while training: the same
+    outputs, and a CNN backbone's backward pass through its frozen stages costs less
+    (`medtune.modeling.frozen_bn`; state dicts and checkpoints unchanged)."""
     activation_checkpointing: bool = False
     """Recompute each frozen backbone block (with its inserted modules) in the backward pass
     instead of keeping its activations: less GPU memory (11-24 GB cards), about a third slower."""

@@ -40,7 +40,11 @@ from medtune.training.config import TrainConfig
 from medtune.training.datamodule import ResumableLoader
 from medtune.training.losses import SegLoss
 from medtune.training.optim import make_adam, retarget_state
-from medtune.training.switches import apply_activation_checkpointing, apply_compile
+from medtune.training.switches import (
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_frozen_batchnorm_fold,
+)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -137,6 +141,10 @@ class SegTrainModule(pl.LightningModule):
         self._epoch_loss = [0.0, 0]
         self._unchecked: list[tuple[int, int, int, torch.Tensor]] = []
         """(epoch, batch, optimiser step, loss) of the batches whose loss is not checked yet."""
+        trial = torch.randn(
+            (1, model.in_chans, *self.crop_size), generator=torch.Generator().manual_seed(0)
+        )
+        self.fold_note = apply_frozen_batchnorm_fold(model, cfg, trial)
         apply_activation_checkpointing(model, cfg)
 
     def configure_model(self) -> None:

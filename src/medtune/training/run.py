@@ -266,6 +266,7 @@ def _build_module(cfg: ExperimentConfig, data: TrainingData):
     module = SegTrainModule(
         model, cfg.train, cfg.data.crop_size, data.props.regions, save_frozen=not pretrained
     )
+    _log(f"model: {module.fold_note}")
     return module, counts
 
 

@@ -1,10 +1,13 @@
-"""The opt-in speed switches of `TrainConfig`, applied to a model without Lightning: one
-mechanism for training (`medtune.training.module`) and `medtune bench`."""
+"""The speed switches of `TrainConfig`, applied to a model without Lightning: one mechanism for
+training (`medtune.training.module`) and `medtune bench`. Opt-in: compile and activation
+checkpointing; on by default: the frozen BatchNorm fold (same outputs)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from medtune.modeling.frozen_bn import checked_fold_frozen_batchnorm
 from medtune.training.config import TrainConfig
 
 
@@ -20,3 +23,12 @@ def apply_compile(model: nn.Module, train: TrainConfig) -> None:
     `train.compile_backend`), so parameter and state-dict names stay the same; once only."""
     if train.compile and not getattr(model, "_compiled_call_impl", None):
         model.compile(backend=train.compile_backend)
+
+
+def apply_frozen_batchnorm_fold(model: nn.Module, train: TrainConfig, trial: torch.Tensor) -> str:
+    """With `train.fold_frozen_batchnorm` (the default), fold the frozen BatchNorms of `model`
+    into their convs, checked on the window `trial` `(1, C, D, H, W)`
+    (`checked_fold_frozen_batchnorm`); returns a note for the log."""
+    if not train.fold_frozen_batchnorm:
+        return "frozen BatchNorm fold off (train.fold_frozen_batchnorm false)"
+    return checked_fold_frozen_batchnorm(model, trial)[1]
