@@ -145,4 +145,6 @@ def test_bench_switch_flags(cfg_path: Path, capsys):
     assert code == 0
     row = json.loads(capsys.readouterr().out)
     assert row["activation_checkpointing"] is True and row["compile"] is False
+    # the training defaults, as the row reports them
+    assert row["fold_frozen_batchnorm"] is True and row["optimizer_impl"] == "auto"
     assert math.isfinite(row["step_s"]) and row["step_s"] > 0

@@ -518,6 +518,8 @@ def bench_config(
         "fuse": None,
         "compile": bool(cfg.train.compile),
         "activation_checkpointing": bool(cfg.train.activation_checkpointing),
+        "fold_frozen_batchnorm": bool(cfg.train.fold_frozen_batchnorm),
+        "optimizer_impl": cfg.train.optimizer_impl,
     }
     if options.inference:
         row.update(
