@@ -82,7 +82,7 @@ def load(folder: str, method: str, tiny: bool):
 def run_group(folder: str, precision: str, args: argparse.Namespace) -> list[dict]:
     """The rows of one backbone at one precision; the floor measured with the first."""
     rows: list[dict] = []
-    floor = None
+    floor = floor_forward = None
     for method in args.methods:
         options = BenchOptions(
             device=args.device,
@@ -94,10 +94,11 @@ def run_group(folder: str, precision: str, args: argparse.Namespace) -> list[dic
             compare=None,
             inference=precision == "bf16" or args.volume_fp32,
             floor_s=floor,
+            floor_forward_s=floor_forward,
         )
         row = bench_config(load(folder, method, args.tiny), options, name=f"brats/{folder}")
         row["floor_measured_with"] = rows[0]["method"] if rows else method
-        floor = row["floor_s"]
+        floor, floor_forward = row["floor_s"], row["floor_forward_s"]
         rows.append(row)
     head = next((r for r in rows if r["method"] == "head"), None)
     for row in rows:

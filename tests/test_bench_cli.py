@@ -50,6 +50,9 @@ def test_bench_json(cfg_path: Path, tmp_path: Path, capsys):
     assert row["peak_memory_gib"] >= 0 and row["device"] == "cpu"
     assert row["precision"] == "32-true" and row["compare"] == "head"
     assert row["step_over_floor"] == pytest.approx(row["step_s"] / row["floor_s"])
+    # the floor's forward alone (no gradient) is part of it: its backward is the rest
+    assert 0 < row["floor_forward_s"] < row["floor_s"]
+    assert row["floor_backward_s"] == pytest.approx(row["floor_s"] - row["floor_forward_s"])
     assert row["step_over_compare"] == pytest.approx(row["step_s"] / row["compare_step_s"])
     assert row["step_min_s"] <= row["step_s"] <= row["step_max_s"]
     assert json.loads((out / "bench.json").read_text())["total"] == row["total"]
@@ -108,6 +111,7 @@ def test_gpu_suite_tiny(tmp_path: Path):
     for r in rows:
         assert set(RESULT_KEYS) | {"config", "method", "inserted"} <= set(r)
         assert r["config"] == "brats/swin_t_unet" and r["floor_s"] == rows[0]["floor_s"]
+        assert r["floor_forward_s"] == rows[0]["floor_forward_s"] > 0
     assert rows[0]["step_over_compare"] == 1.0
     md = (tmp_path / "gpu_suite.md").read_text()
     assert md.startswith("CPU --tiny rehearsal") and "| brats/swin_t_unet | lora |" in md

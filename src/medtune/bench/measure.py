@@ -13,7 +13,9 @@ downloaded) on one device and precision:
 - the floor: the bare frozen backbone (method `head`: nothing inserted; no decoder) over the
   same slices `(B*D, C, H, W)` (a native 3D family: the volume), forward plus backward to its
   input from the sum of its features. `step / floor` is what the method and decoder cost on
-  top of running the backbone at all;
+  top of running the backbone at all. Its forward alone without gradient is timed too
+  (`floor_forward_s`: what head-only runs of the backbone); the difference is the backward
+  through the frozen backbone (`floor_backward_s`) that inserting modules costs;
 - a second method (`compare`, default `head`) stepped alternately with the first in the same
   process, so that machine load hits both alike: `step / compare`;
 - inference: one window `(1, C, d, h, w)` forward, and a whole random volume `(C, D, H, W)`
@@ -102,6 +104,8 @@ class BenchOptions:
     """Time the window forward and the volume (the suite skips them for fp32 rows)."""
     floor_s: float | None = None
     """A floor already measured (the suite measures it once per backbone and precision)."""
+    floor_forward_s: float | None = None
+    """Its forward alone, measured with it (reported when `floor_s` is given)."""
 
     def __post_init__(self) -> None:
         for flag, value, least in (("--steps", self.steps, 1), ("--warmup", self.warmup, 1)):
@@ -329,11 +333,16 @@ def make_train_step(
     return step
 
 
-def make_floor_step(cfg: ExperimentConfig, x: torch.Tensor, precision: str) -> Callable[[], None]:
-    """The floor: the frozen backbone of `cfg` with nothing inserted (method `head`), no
-    decoder, forward over the slices of `x` `(B, C, D, H, W)` folded to `(B*D, C, H, W)` (a
-    native 3D family: `x` itself), backward to that input from the sum of its features; its
-    frozen BatchNorms folded as in training (`train.fold_frozen_batchnorm`)."""
+def make_floor_steps(
+    cfg: ExperimentConfig, x: torch.Tensor, precision: str
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(floor, floor forward). The floor: the frozen backbone of `cfg` with nothing inserted
+    (method `head`), no decoder, forward over the slices of `x` `(B, C, D, H, W)` folded to
+    `(B*D, C, H, W)` (a native 3D family: `x` itself), backward to that input from the sum of
+    its features; its frozen BatchNorms folded as in training (`train.fold_frozen_batchnorm`).
+    The floor forward: the same backbone's forward alone without gradient, i.e. what a
+    head-only step runs of it; floor minus floor forward is the backward pass through the
+    frozen backbone that every method inserting modules into it must add."""
     model = build_on(with_method(cfg, "head"), x.device)
     backbone = model.backbone
     del model  # the decoder goes
@@ -351,7 +360,13 @@ def make_floor_step(cfg: ExperimentConfig, x: torch.Tensor, precision: str) -> C
             feats = backbone(inp, SliceContext(batch=b, depth=d))
         torch.stack([f.float().sum() for f in feats]).sum().backward()
 
-    return step
+    plain = inp.detach()
+
+    def forward() -> None:
+        with torch.no_grad(), autocast(device, precision):
+            backbone(plain, SliceContext(batch=b, depth=d))
+
+    return step, forward
 
 
 def alternate(
@@ -472,7 +487,7 @@ def bench_config(
         steps["compare"] = make_train_step(other, compare_cfg.train, x, y, precision)
         del other
     if options.floor_s is None:
-        steps["floor"] = make_floor_step(cfg, x, precision)
+        steps["floor"], steps["floor_forward"] = make_floor_steps(cfg, x, precision)
     for key in [k for k in steps if k != "step"]:
         for _ in range(options.warmup):
             timed(steps[key], device)
@@ -483,6 +498,11 @@ def bench_config(
     step_s = statistics.median(times["step"])
     floor_s = (
         statistics.median(times["floor"]) if options.floor_s is None else float(options.floor_s)
+    )
+    floor_fwd_s = (
+        statistics.median(times["floor_forward"])
+        if options.floor_s is None
+        else options.floor_forward_s
     )
     compare_s = statistics.median(times["compare"]) if "compare" in times else None
     row: dict[str, Any] = {
@@ -503,6 +523,8 @@ def bench_config(
         "step_max_s": max(times["step"]),
         "floor_s": floor_s,
         "step_over_floor": step_s / floor_s,
+        "floor_forward_s": floor_fwd_s,
+        "floor_backward_s": None if floor_fwd_s is None else floor_s - floor_fwd_s,
         "compare": options.compare,
         "compare_step_s": compare_s,
         "step_over_compare": step_s / compare_s if compare_s else None,

@@ -23,6 +23,8 @@ RESULT_KEYS = (
     "step_max_s",
     "floor_s",
     "step_over_floor",
+    "floor_forward_s",
+    "floor_backward_s",
     "compare",
     "compare_step_s",
     "step_over_compare",
