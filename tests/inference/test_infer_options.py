@@ -124,7 +124,7 @@ def test_flags_reach_the_sliding_window(tiny_run, phantom_data, tmp_path, monkey
     flags += ["--precision", "bf16", "--device", "cpu"]
     code = main(["evaluate", str(tiny_run), "--data", str(phantom_data), "--out", str(tmp_path)])
     assert code == 0 and seen
-    assert seen[-1]["sw_batch_size"] == auto_sw_batch_size((8, 32, 32)) == 32  # automatic
+    assert seen[-1]["sw_batch_size"] == auto_sw_batch_size((8, 32, 32)) == 16  # automatic, CPU
     assert (
         main(
             [
@@ -142,3 +142,13 @@ def test_flags_reach_the_sliding_window(tiny_run, phantom_data, tmp_path, monkey
     kw = seen[-1]
     assert kw["overlap"] == 0.3 and kw["sw_batch_size"] == 3
     assert tuple(kw["window"]) == (16, 32, 32) and kw["autocast"] == torch.bfloat16
+
+
+def test_the_automatic_batch_depends_on_the_device():
+    """About 2^19 voxels per call on a GPU, 2^17 on the CPU (caches), within 1..32."""
+    assert auto_sw_batch_size((16, 64, 64), "cuda") == 8
+    assert auto_sw_batch_size((16, 64, 64), torch.device("cpu")) == 2
+    assert auto_sw_batch_size((32, 64, 64)) == 1  # --fast's window on the CPU
+    assert auto_sw_batch_size((128, 128, 128), "cuda") == 1  # never 0
+    assert auto_sw_batch_size((4, 8, 8), "cuda") == 32  # at most 32
+    assert auto_sw_batch_size((16, 64, 64), "mps") == 2  # other devices as the CPU

@@ -413,7 +413,7 @@ def time_inference(
     window_s = statistics.median(timed(window_forward, device) for _ in range(steps))
     log(f"window {'x'.join(map(str, window))}: {window_s:.4f} s")
     image = torch.randn((model.in_chans, *volume), generator=gen)
-    sw_batch = auto_sw_batch_size(window)
+    sw_batch = auto_sw_batch_size(window, device)
     out: dict[str, Any] = {"window_s": window_s, "sw_batch_size": sw_batch, "fuse": fuse_note}
     for key, mode in (("volume_s", "none"), ("volume_flip8_s", "flip8")):
         if mode == "flip8" and not tta:

@@ -45,7 +45,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--sw-batch-size",
         type=int,
         metavar="N",
-        help="windows per model call (default: about 2^19 voxels per call)",
+        help="windows per model call (default: about 2^19 voxels per call on CUDA, 2^17 on the CPU)",
     )
     parser.add_argument(
         "--window",
