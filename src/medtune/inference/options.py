@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "bf16")
 AUTO_VOXELS = {"cuda": 2**19, "cpu": 2**17}
 """Target voxels per model call of the automatic `sw_batch_size`, by device type: a GPU is fed
-8 windows of 16x64x64 at a time; a CPU 2, whose working set then stays in its caches (the
+8 windows of 16x64x64 at a time; a CPU 2, measured fastest on this project's CPU (the
 demo's model on a 4x32x240x240 volume, 2 cores: 1 window per call 15.6-17.1 s, 2: 12.9-14.7,
 4: 17.9, 8: 21.7; docs/inference.md). Other device types take the CPU's."""
 AUTO_MAX_BATCH = 32
