@@ -259,21 +259,25 @@ def test_training_folds_the_frozen_batchnorms_of_a_cnn_and_says_so(
             "model__decoder": {"name": "unet", "options": {"channels": [16, 16, 16, 16]}},
         },
     )
-    seen = []
+    seen, layouts = [], []
 
     class Record(pl.Callback):
-        def on_train_start(self, trainer, pl_module):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             backbone = pl_module.model.backbone
+            modules = list(backbone.modules())
             seen.append(
-                sum(
-                    isinstance(m.__dict__.get("forward"), FoldedConvForward)
-                    for m in backbone.modules()
-                )
+                sum(isinstance(m.__dict__.get("forward"), FoldedConvForward) for m in modules)
+            )
+            convs = [m for m in modules if isinstance(m, torch.nn.Conv2d)]
+            layouts.append(
+                [c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs]
             )
 
     summary = train_run(cfg, tmp_path / "run", callbacks=[Record()])
     assert summary["global_step"] == 1
     err = capsys.readouterr().err
+    # the frozen convs train channels-last on the CPU (train.channels_last: automatic)
+    assert layouts[0] and all(layouts[0])
     if fold:
         assert seen[0] > 0
         assert f"model: folded {seen[0]} frozen BatchNorm(s) into their convs for training" in err

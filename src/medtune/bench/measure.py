@@ -49,6 +49,7 @@ from torch import nn
 
 from medtune.core.errors import MedtuneInputError
 from medtune.modeling.frozen_bn import fold_frozen_batchnorm
+from medtune.modeling.layout import wants_channels_last
 from medtune.modeling.model import SegModel, build_model
 from medtune.modeling.params import count_parameters
 from medtune.modeling.slicing import SliceContext, fold_slices
@@ -57,6 +58,7 @@ from medtune.training.losses import SegLoss
 from medtune.training.optim import make_adam
 from medtune.training.switches import (
     apply_activation_checkpointing,
+    apply_channels_last,
     apply_compile,
     apply_frozen_batchnorm_fold,
 )
@@ -303,10 +305,11 @@ def prepare_training_model(
 ) -> nn.Module:
     """The model as the training step runs it, with the config's switches applied by the
     functions training uses: `train.fold_frozen_batchnorm` (checked on the window `trial`
-    `(1, C, D, H, W)`, when given), `train.activation_checkpointing` (the backbone recomputes
+    `(1, C, D, H, W)`, when given), `train.channels_last`, `train.activation_checkpointing` (the backbone recomputes
     its blocks in backward) and `train.compile` (`torch.compile` in place)."""
     if trial is not None:
         apply_frozen_batchnorm_fold(model, train, trial)
+    apply_channels_last(model, train, next(model.parameters()).device)
     apply_activation_checkpointing(model, train)
     apply_compile(model, train)
     return model
@@ -349,6 +352,7 @@ def make_floor_steps(
     backbone.requires_grad_(False)
     if cfg.train.fold_frozen_batchnorm:  # as training runs the backbone (eval-mode BNs only)
         fold_frozen_batchnorm(backbone)
+    apply_channels_last(backbone, cfg.train, x.device)
     b, _, d = x.shape[:3]
     inp = backbone.pad_slices(fold_slices(x)) if backbone.folds_slices else x
     inp = inp.detach().clone().requires_grad_(True)
@@ -402,7 +406,7 @@ def time_inference(
     model.eval()
     gen = torch.Generator().manual_seed(1)
     trial = torch.randn((1, model.in_chans, *window), generator=gen).to(device)
-    infer, fuse_note = checked_fuse(model, trial)
+    infer, fuse_note = checked_fuse(model, trial, channels_last=device.type == "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def window_forward() -> None:
@@ -541,6 +545,7 @@ def bench_config(
         "compile": bool(cfg.train.compile),
         "activation_checkpointing": bool(cfg.train.activation_checkpointing),
         "fold_frozen_batchnorm": bool(cfg.train.fold_frozen_batchnorm),
+        "channels_last": wants_channels_last(cfg.train.channels_last, device),
         "optimizer_impl": cfg.train.optimizer_impl,
     }
     if options.inference:

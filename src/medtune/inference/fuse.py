@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medtune.modeling.frozen_bn import unfold_frozen_batchnorm
+from medtune.modeling.layout import channels_last_convs
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -68,12 +69,16 @@ def fuse_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 def checked_fuse(
-    model: nn.Module, trial: torch.Tensor, atol: float = 1e-5
+    model: nn.Module, trial: torch.Tensor, atol: float = 1e-5, channels_last: bool = False
 ) -> tuple[nn.Module, str]:
     """`fuse_conv_bn(model)` when it folds something and its logits on `trial` (one window
     `(1, C, d, h, w)`) match `model`'s to `atol` (absolute, after a relative scale of the
-    logits' magnitude); else `model` itself. Returns (model to use, a note for reports)."""
+    logits' magnitude); else `model` itself. With `channels_last`, the fused copy's 2D convs
+    get channels-last weights (`medtune.modeling.layout`; the copy only, never `model`).
+    Returns (model to use, a note for reports)."""
     fused, count = fuse_conv_bn(model)
+    if channels_last:
+        channels_last_convs(fused, frozen_only=False)
     if count == 0:
         return model, "no BatchNorm to fold"
     with torch.inference_mode():

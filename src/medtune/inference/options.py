@@ -13,7 +13,8 @@ overlap) or an automatic choice:
 - `fast`: `FAST` below: overlap 0.25, window depth doubled (when the model accepts it), bf16 on
   CUDA; fields given explicitly win over it.
 - `fuse`: fold BatchNorm into convs on a copy of the model (checked on a trial window; exact
-  to 1e-5), default on.
+  to 1e-5), default on; on the CPU that copy's 2D convs also get channels-last weights
+  (`medtune.modeling.layout`, same values).
 """
 
 from __future__ import annotations
@@ -141,5 +142,8 @@ def apply_options(predictor: Predictor, options: InferenceOptions | None) -> Pre
 
         # the window is the training crop or one `_trial` above accepted: no third forward
         trial = _trial_input(predictor, predictor.window)
-        predictor.model, predictor.fuse_note = checked_fuse(predictor.model, trial)
+        on_cpu = torch.device(predictor.device).type == "cpu"
+        predictor.model, predictor.fuse_note = checked_fuse(
+            predictor.model, trial, channels_last=on_cpu
+        )
     return predictor

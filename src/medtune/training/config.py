@@ -104,6 +104,9 @@ class TrainConfig:
     """Fold each frozen BatchNorm (eval mode) into the conv before it while training: the same
     outputs, and a CNN backbone's backward pass through its frozen stages costs less
     (`medtune.modeling.frozen_bn`; state dicts and checkpoints unchanged)."""
+    channels_last: bool | None = None
+    """Frozen 2D convs' weights in channels-last memory format while training (oneDNN's fast
+    layout; same values and state dict, `medtune.modeling.layout`); None: on the CPU only."""
     activation_checkpointing: bool = False
     """Recompute each frozen backbone block (with its inserted modules) in the backward pass
     instead of keeping its activations: less GPU memory (11-24 GB cards), about a third slower."""

@@ -42,6 +42,7 @@ from medtune.training.losses import SegLoss
 from medtune.training.optim import make_adam, retarget_state
 from medtune.training.switches import (
     apply_activation_checkpointing,
+    apply_channels_last,
     apply_compile,
     apply_frozen_batchnorm_fold,
 )
@@ -146,6 +147,10 @@ class SegTrainModule(pl.LightningModule):
         )
         self.fold_note = apply_frozen_batchnorm_fold(model, cfg, trial)
         apply_activation_checkpointing(model, cfg)
+
+    def on_train_start(self) -> None:
+        # on the device, after a resumed checkpoint is restored (a load keeps the layout)
+        apply_channels_last(self.model, self.cfg, self.device)
 
     def configure_model(self) -> None:
         apply_compile(self.model, self.cfg)

@@ -1,6 +1,7 @@
 """The speed switches of `TrainConfig`, applied to a model without Lightning: one mechanism for
 training (`medtune.training.module`) and `medtune bench`. Opt-in: compile and activation
-checkpointing; on by default: the frozen BatchNorm fold (same outputs)."""
+checkpointing; on by default: the frozen BatchNorm fold (same outputs) and, on the CPU,
+channels-last frozen convs (same values)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from medtune.modeling.frozen_bn import checked_fold_frozen_batchnorm
+from medtune.modeling.layout import channels_last_convs, wants_channels_last
 from medtune.training.config import TrainConfig
 
 
@@ -32,3 +34,11 @@ def apply_frozen_batchnorm_fold(model: nn.Module, train: TrainConfig, trial: tor
     if not train.fold_frozen_batchnorm:
         return "frozen BatchNorm fold off (train.fold_frozen_batchnorm false)"
     return checked_fold_frozen_batchnorm(model, trial)[1]
+
+
+def apply_channels_last(model: nn.Module, train: TrainConfig, device: torch.device) -> int:
+    """With `train.channels_last` (None: on the CPU), the frozen 2D convs of `model` in
+    channels-last memory format (`medtune.modeling.layout`); returns how many."""
+    if not wants_channels_last(train.channels_last, device):
+        return 0
+    return channels_last_convs(model, frozen_only=True)
