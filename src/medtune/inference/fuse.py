@@ -16,11 +16,13 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from medtune.modeling.frozen_bn import unfold_frozen_batchnorm
+from medtune.modeling.frozen_bn import (
+    PLAIN_BATCHNORMS,
+    conv_bn_pairs,
+    drop_and_act,
+    unfold_frozen_batchnorm,
+)
 from medtune.modeling.layout import channels_last_convs
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class _ActOnly(nn.Module):
@@ -32,39 +34,20 @@ class _ActOnly(nn.Module):
         self.act = getattr(bn, "act", nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(x))
-
-
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (
-        isinstance(conv, _CONVS)
-        and isinstance(bn, _BNS)
-        and bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.num_features == conv.out_channels
-    )
-
-
-def _fuse_children(module: nn.Module) -> int:
-    """Fold each (conv, bn) pair of adjacent children of `module`; returns how many."""
-    names = list(module._modules)
-    folded = 0
-    for a, b in zip(names, names[1:], strict=False):
-        conv, bn = module._modules[a], module._modules[b]
-        if conv is None or bn is None or not _foldable(conv, bn):
-            continue
-        module._modules[a] = fuse_conv_bn_eval(conv, bn)
-        plain = type(bn) in _BNS
-        module._modules[b] = nn.Identity() if plain else _ActOnly(bn)
-        folded += 1
-    return folded
+        return drop_and_act(self, x)
 
 
 def fuse_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     """A fused eval-mode copy of `model` and the number of BatchNorms folded (see module doc)."""
     fused = copy.deepcopy(model).eval()
     unfold_frozen_batchnorm(fused)  # a model fresh from training: its folds become real ones
-    count = sum(_fuse_children(m) for m in list(fused.modules()))
+    count = 0
+    for parent, a, b in list(conv_bn_pairs(fused)):
+        bn = parent._modules[b]
+        plain = type(bn) in PLAIN_BATCHNORMS  # nothing of it is left after the fold
+        parent._modules[a] = fuse_conv_bn_eval(parent._modules[a], bn)
+        parent._modules[b] = nn.Identity() if plain else _ActOnly(bn)
+        count += 1
     return fused, count
 
 
@@ -77,10 +60,10 @@ def checked_fuse(
     get channels-last weights (`medtune.modeling.layout`; the copy only, never `model`).
     Returns (model to use, a note for reports)."""
     fused, count = fuse_conv_bn(model)
-    if channels_last:
-        channels_last_convs(fused, frozen_only=False)
     if count == 0:
         return model, "no BatchNorm to fold"
+    if channels_last:
+        channels_last_convs(fused, frozen_only=False)
     with torch.inference_mode():
         ref = model(trial).float()
         got = fused(trial).float()

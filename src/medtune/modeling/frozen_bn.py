@@ -8,7 +8,7 @@ convolution before it can absorb (`W' = W * s`, `b' = (b - mean) * s + beta`, wi
 and there each BatchNorm costs a forward and an input-gradient pass of its own; folded, it
 costs nothing (the demo's EfficientNet-Lite0 Med-Tuning step: 0.63x as long, docs/performance.md).
 
-`fold_frozen_batchnorm(model)` finds the pairs as `medtune.inference.fuse` does (a conv child
+`fold_frozen_batchnorm(model)` finds the pairs with `conv_bn_pairs`, shared with inference (a conv child
 directly followed by a BatchNorm child of the same module, registration order: timm's
 `conv_pw` + `bn2`, ResNet's `conv1` + `bn1`, `downsample` `(conv, bn)`) whose parameters are
 all frozen, and changes only their `forward`s: the conv computes with the folded weight and
@@ -23,7 +23,7 @@ model's outputs on a trial window with and without the fold and undoes it on a m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -58,7 +58,39 @@ def _conv_calls() -> dict[type, Callable[..., torch.Tensor]]:
 
 
 _CONV_CALLS = _conv_calls()
-_PLAIN_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+"""The BatchNorm classes folds pair (and their subclasses); an exact one leaves nothing after
+its fold, a subclass (timm's `BatchNormAct2d`) its drop and activation."""
+
+
+def conv_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+    """`(parent, conv name, BatchNorm name)` for every conv child of a module of `model`
+    directly followed (registration order) by a BatchNorm child (`BatchNorm1d/2d/3d` or a
+    subclass such as timm's `BatchNormAct2d`) with running statistics, one per output channel
+    of the conv. The pairing both folds use: this one for training, `medtune.inference.fuse`."""
+    for module in list(model.modules()):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, bn = module._modules[a], module._modules[b]
+            if (
+                isinstance(conv, _CONVS)
+                and isinstance(bn, PLAIN_BATCHNORMS)
+                and bn.track_running_stats
+                and bn.running_mean is not None
+                and bn.num_features == conv.out_channels
+            ):
+                yield module, a, b
+
+
+def drop_and_act(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What follows the normalisation of timm's `BatchNormAct2d` (its `drop`, then its `act`;
+    either may be absent), applied to `x`; for a module with neither, `x` itself."""
+    drop = getattr(module, "drop", None)
+    act = getattr(module, "act", None)
+    if drop is not None:
+        x = drop(x)
+    return act(x) if act is not None else x
 
 
 def folded_weights(conv: nn.Module, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,23 +140,14 @@ class FoldedBatchNormForward:
         bn = self.bn
         if bn.training:
             return type(bn).forward(bn, x)
-        if type(bn) in _PLAIN_BNS:
-            return x
-        drop = getattr(bn, "drop", None)
-        act = getattr(bn, "act", None)
-        if drop is not None:
-            x = drop(x)
-        return act(x) if act is not None else x
+        return x if type(bn) in PLAIN_BATCHNORMS else drop_and_act(bn, x)
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+def _foldable_for_training(conv: nn.Module, bn: nn.Module) -> bool:
+    """A pair of `conv_bn_pairs` that training may fold: all frozen, a conv class whose
+    forward is known (`_CONV_CALLS`), zero padding, not folded already."""
     return (
         type(conv) in _CONV_CALLS
-        and isinstance(bn, _BatchNorm)
-        and not isinstance(bn, nn.SyncBatchNorm)
-        and bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.num_features == conv.out_channels
         and conv.padding_mode == "zeros"
         and not any(p.requires_grad for p in [*conv.parameters(), *bn.parameters()])
         and "forward" not in conv.__dict__
@@ -136,12 +159,9 @@ def fold_frozen_batchnorm(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]
     """Fold every frozen (conv, BatchNorm) pair of adjacent children (see the module doc);
     returns the pairs folded."""
     pairs = []
-    for module in list(model.modules()):
-        names = list(module._modules)
-        for a, b in zip(names, names[1:], strict=False):
-            conv, bn = module._modules[a], module._modules[b]
-            if conv is None or bn is None or not _foldable(conv, bn):
-                continue
+    for parent, a, b in conv_bn_pairs(model):
+        conv, bn = parent._modules[a], parent._modules[b]
+        if _foldable_for_training(conv, bn):
             conv.forward = FoldedConvForward(conv, bn)
             bn.forward = FoldedBatchNormForward(bn)
             pairs.append((conv, bn))
