@@ -8,8 +8,8 @@ convolution before it can absorb (`W' = W * s`, `b' = (b - mean) * s + beta`, wi
 and there each BatchNorm costs a forward and an input-gradient pass of its own; folded, it
 costs nothing (the demo's EfficientNet-Lite0 Med-Tuning step: 0.63x as long, docs/performance.md).
 
-`fold_frozen_batchnorm(model)` finds the pairs with `conv_bn_pairs`, shared with inference (a conv child
-directly followed by a BatchNorm child of the same module, registration order: timm's
+`fold_frozen_batchnorm(model)` finds the pairs with `conv_bn_pairs`, shared with inference
+(a conv child directly followed by a BatchNorm child of the same module, registration order: timm's
 `conv_pw` + `bn2`, ResNet's `conv1` + `bn1`, `downsample` `(conv, bn)`) whose parameters are
 all frozen, and changes only their `forward`s: the conv computes with the folded weight and
 bias (recomputed from the live tensors at each call, without gradient: a reloaded checkpoint,
